@@ -1,0 +1,1 @@
+"""InstructSAM: instruction-conditioned instance-set segmentation (model library, no ROS imports)."""

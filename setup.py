@@ -1,0 +1,26 @@
+"""pip install for development, training and evaluation without colcon.
+
+`pip install .` gives the `instructsam` model library (from model/) and the `instructsam_ros`
+ROS layer; the ROS message types come from the colcon build (scripts/setup.sh, or a robot's
+colcon workspace). Exact versions: requirements.lock.
+"""
+from setuptools import setup
+
+setup(
+    name="instructsam-ros",
+    version="0.1.0",
+    description="Instruction-conditioned instance-set segmentation and tracking for ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=[
+        "instructsam", "instructsam.data", "instructsam.evaluation", "instructsam.training",
+        "instructsam.pipeline", "instructsam_ros",
+    ],
+    package_dir={"instructsam": "model/instructsam"},
+    install_requires=[
+        "torch>=2.9", "torchvision", "transformers>=5.23,<6", "tokenizers", "safetensors", "peft>=0.21",
+        "numpy", "scipy", "pycocotools", "opencv-python-headless", "pillow", "imageio", "matplotlib",
+        "pyyaml", "tqdm", "psutil", "rosbags>=0.11", "rosbags-image",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+)
