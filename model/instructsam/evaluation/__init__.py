@@ -1,1 +1,1 @@
-"""evaluation."""
+"""Evaluation: metrics (metrics.py is the public API) and reports (report.py)."""
