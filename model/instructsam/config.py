@@ -1,0 +1,135 @@
+"""InstructSAMConfig: a Qwen3-VL-family VLM config + a SAM3 (detector + tracker) config + InstructSAM's own settings.
+
+Saved as one `config.json` by `save_pretrained`; the two sub-configs are stored whole, so a directory composed
+from real checkpoints rebuilds exactly their architectures.
+"""
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto import AutoConfig
+
+ATTENTION_MODES = ("hybrid", "causal")
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@strict
+class InstructSAMConfig(PreTrainedConfig):
+    r"""
+    vlm_config: Qwen3-VL config (`model_type="qwen3_vl"`), e.g. Qwen3-VL-2B-Instruct's.
+    sam3_config: SAM3 video config (`model_type="sam3_video"`: detector + tracker), as in facebook/sam3.
+    num_queries: K, the number of instance-query tokens appended after image and instruction.
+    attention_mode: "hybrid" (queries see the prefix and every query) or "causal" (ablation).
+    lora_r / lora_alpha / lora_dropout / lora_target_modules: LoRA on the VLM language model; lora_r=0 disables it.
+        LoRA is built in `__init__`, so `from_pretrained` restores it from the weights file.
+    freeze_sam3 / freeze_vlm_vision / freeze_vlm_language: freeze these components' own weights (query bank,
+        projectors and LoRA stay trainable). `unfreeze_modules` lists parameter-name prefixes to train anyway,
+        e.g. ["sam3.detector_model.mask_decoder"].
+    template_task: default instruction template ("referring", "reasoning", "multi_instance", "video").
+    image_size: SAM3's square input side (must equal sam3_config.image_size). vlm_image_size: the VLM's square
+        input side (a multiple of patch_size * spatial_merge_size).
+    score_threshold / mask_threshold / nms_iou / max_instances: post-process defaults. mask_threshold is applied
+        to the mask probability; 0.35 follows DIT's binarisation.
+    max_instruction_chars / max_instruction_tokens: longer instructions are rejected with InstructionError.
+    query_token_ids: tokenizer ids of `<inst_q_0>`..`<inst_q_{K-1}>` (placeholders whose embeddings are replaced
+        by the learned query bank).
+    """
+
+    model_type = "instructsam"
+    sub_configs_defaults = {
+        "vlm_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3_vl"),
+        "sam3_config": SubConfigSpec(config_class=AutoConfig, model_type="sam3_video"),
+    }
+
+    vlm_config: dict | PreTrainedConfig | None = None
+    sam3_config: dict | PreTrainedConfig | None = None
+    num_queries: int = 64
+    attention_mode: str = "hybrid"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    freeze_sam3: bool = True
+    freeze_vlm_vision: bool = True
+    freeze_vlm_language: bool = True
+    unfreeze_modules: list[str] | None = None
+    template_task: str = "referring"
+    image_size: int | None = None
+    vlm_image_size: int = 448
+    vlm_image_mean: list[float] | None = None
+    vlm_image_std: list[float] | None = None
+    sam3_image_mean: list[float] | None = None
+    sam3_image_std: list[float] | None = None
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.35
+    nms_iou: float = 0.5
+    max_instances: int = 20
+    max_instruction_chars: int = 2000
+    max_instruction_tokens: int = 256
+    query_token_ids: list[int] | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.lora_target_modules is None:
+            self.lora_target_modules = list(DEFAULT_LORA_TARGETS)
+        if self.unfreeze_modules is None:
+            self.unfreeze_modules = []
+        for name in ("vlm_image_mean", "vlm_image_std", "sam3_image_mean", "sam3_image_std"):
+            if getattr(self, name) is None:
+                setattr(self, name, [0.5, 0.5, 0.5])  # both Qwen3-VL and SAM3 preprocessors use 0.5/0.5
+        if self.image_size is None:
+            self.image_size = int(self.sam3_config.image_size)
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Reject settings that would only fail later, deep inside a forward pass (plain ValueErrors; `@strict`'s
+        own validators would wrap them in a non-ValueError)."""
+        if self.attention_mode not in ATTENTION_MODES:
+            raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}, got {self.attention_mode!r}")
+        if self.num_queries < 1:
+            raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (0 disables LoRA), got {self.lora_r}")
+        if not 0.0 <= self.mask_threshold <= 1.0 or not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(
+                f"score_threshold and mask_threshold are probabilities in [0, 1], got "
+                f"{self.score_threshold} and {self.mask_threshold}")
+        if self.sam3_config is not None and self.image_size is not None and not isinstance(self.sam3_config, dict):
+            if int(self.image_size) != int(self.sam3_config.image_size):
+                raise ValueError(
+                    f"image_size {self.image_size} differs from SAM3's image_size {self.sam3_config.image_size}; "
+                    f"SAM3 only accepts square inputs of its configured size")
+        if self.vlm_config is not None and not isinstance(self.vlm_config, dict):
+            vc = self.vlm_config.vision_config
+            unit = vc.patch_size * vc.spatial_merge_size
+            if self.vlm_image_size % unit:
+                raise ValueError(f"vlm_image_size {self.vlm_image_size} must be a multiple of patch_size * "
+                                 f"spatial_merge_size = {unit}")
+        if self.query_token_ids is not None and len(self.query_token_ids) != self.num_queries:
+            raise ValueError(f"query_token_ids has {len(self.query_token_ids)} ids for num_queries={self.num_queries}")
+
+    @property
+    def sam3_hidden_size(self) -> int:
+        return self.sam3_config.detector_config.detr_decoder_config.hidden_size
+
+    @property
+    def vlm_hidden_size(self) -> int:
+        return self.vlm_config.text_config.hidden_size
+
+
+def set_dtype_everywhere(config: PreTrainedConfig, dtype) -> None:
+    """Set `dtype` on a config and all its nested sub-configs. transformers' from_pretrained(dtype=...) only sets
+    the first level, and sub-models built with `from_config` deeper down (Qwen3-VL's towers, SAM3's ViT) would
+    otherwise be created in the dtype their saved sub-config names."""
+    config.dtype = dtype
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if isinstance(sub, PreTrainedConfig):
+            set_dtype_everywhere(sub, dtype)
+
+
+AutoConfig.register("instructsam", InstructSAMConfig, exist_ok=True)
+
+__all__ = ["InstructSAMConfig", "ATTENTION_MODES", "set_dtype_everywhere"]

@@ -1,0 +1,173 @@
+"""SAM3's detector driven by external queries: the VLM's K query states become SAM3 DETR-decoder queries (+ a
+reference box each) and the instruction token states become SAM3's prompt features.
+
+`detect_with_queries` is `Sam3Model.forward`'s text-prompt path with the decoder's own `query_embed` /
+`reference_points` replaced by arguments. It calls SAM3's unchanged modules (DETR encoder, decoder layers,
+`ref_point_head`, `_get_rpb_matrix`, `box_head`, presence head, `dot_product_scoring`, mask decoder) with SAM3's
+weights; fed SAM3's own embeddings it reproduces `Sam3Model.forward` exactly (tested).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.sam3.modeling_sam3 import (
+    Sam3Model,
+    Sam3VisionEncoderOutput,
+    box_cxcywh_to_xyxy,
+    inverse_sigmoid,
+)
+
+
+@dataclass
+class DetectorOutput:
+    """SAM3 detector outputs for B (image, prompt) pairs with K external queries."""
+
+    pred_masks: torch.Tensor  # (B, K, h, w) mask logits at SAM3's mask resolution
+    pred_boxes: torch.Tensor  # (B, K, 4) normalised xyxy, last decoder layer
+    pred_logits: torch.Tensor  # (B, K) per-query classification logits, last layer
+    presence_logits: torch.Tensor  # (B, 1) presence-token logit, last layer
+    all_pred_boxes: torch.Tensor  # (L, B, K, 4) normalised xyxy per decoder layer (auxiliary losses)
+    all_pred_logits: torch.Tensor  # (L, B, K)
+    all_presence_logits: torch.Tensor  # (L, B, 1)
+    semantic_seg: torch.Tensor  # (B, 1, h, w)
+
+
+def select_vision(vision: Sam3VisionEncoderOutput, index: torch.Tensor) -> Sam3VisionEncoderOutput:
+    """SAM3 vision features of the images `index` points at (one entry per prompt)."""
+    return Sam3VisionEncoderOutput(
+        last_hidden_state=vision.last_hidden_state[index],
+        fpn_hidden_states=tuple(f[index] for f in vision.fpn_hidden_states),
+        fpn_position_encoding=tuple(p[index] for p in vision.fpn_position_encoding),
+    )
+
+
+def _decode(detector: Sam3Model, vision_features, text_features, vision_pos, text_mask, spatial_shapes,
+            query_embeds: torch.Tensor, reference_boxes: torch.Tensor):
+    """`Sam3DetrDecoder.forward` with external (B, K, d) queries and (B, K, 4) sigmoid-space reference boxes."""
+    dec = detector.detr_decoder
+    batch_size = vision_features.shape[0]
+    presence_token = dec.presence_token.weight.unsqueeze(0).expand(batch_size, -1, -1)
+    hidden_states = torch.cat([presence_token, query_embeds], dim=1)
+    text_cross_attn_mask = None
+    if text_mask is not None:
+        text_cross_attn_mask = create_bidirectional_mask(
+            config=dec.config, inputs_embeds=hidden_states, attention_mask=text_mask,
+            encoder_hidden_states=text_features)
+
+    outputs, boxes, presence = [], [reference_boxes], []
+    for layer in dec.layers:
+        query_sine_embed = dec.position_encoding.encode_boxes(reference_boxes)
+        query_pos = dec.ref_point_head(query_sine_embed)
+        vision_cross_attn_mask = None
+        if spatial_shapes is not None and spatial_shapes.shape[0] == 1:
+            rpb = dec._get_rpb_matrix(reference_boxes, (spatial_shapes[0, 0], spatial_shapes[0, 1]))
+            vision_cross_attn_mask = F.pad(rpb, (0, 0, 1, 0), mode="constant", value=0)
+        hidden_states = layer(
+            hidden_states, query_pos=query_pos, text_features=text_features, vision_features=vision_features,
+            vision_pos_encoding=vision_pos, text_cross_attn_mask=text_cross_attn_mask,
+            vision_cross_attn_mask=vision_cross_attn_mask)
+        query_hidden = hidden_states[:, 1:]
+        delta = dec.box_head(dec.output_layer_norm(query_hidden))
+        new_boxes = (delta + inverse_sigmoid(reference_boxes)).sigmoid()
+        reference_boxes = new_boxes.detach()  # as SAM3: no gradient through the box refinement chain
+        outputs.append(dec.output_layer_norm(query_hidden))
+        boxes.append(new_boxes)
+        p = dec.presence_head(dec.presence_layer_norm(hidden_states[:, :1])).squeeze(-1)
+        presence.append(p.clamp(min=-dec.clamp_presence_logit_max_val, max=dec.clamp_presence_logit_max_val))
+    return torch.stack(outputs), torch.stack(boxes[:-1]), torch.stack(presence)
+
+
+def detect_with_queries(detector: Sam3Model, vision: Sam3VisionEncoderOutput, prompt_features: torch.Tensor,
+                        prompt_mask: torch.Tensor | None, query_embeds: torch.Tensor,
+                        reference_boxes: torch.Tensor) -> DetectorOutput:
+    """Run SAM3's detector on B (image, prompt) pairs with external queries.
+
+    vision: SAM3 vision features with batch B (select per prompt with `select_vision`).
+    prompt_features: (B, L, d) prompt features in SAM3's text space; prompt_mask: (B, L) bool, True = valid.
+    query_embeds: (B, K, d) decoder queries; reference_boxes: (B, K, 4) normalised cxcywh in (0, 1).
+    """
+    fpn = vision.fpn_hidden_states[:-1]  # SAM3's detector drops the coarsest (0.5x) level
+    fpn_pos = vision.fpn_position_encoding[:-1]
+    text_mask = prompt_mask.bool() if prompt_mask is not None else None
+    enc = detector.detr_encoder(vision_features=[fpn[-1]], text_features=prompt_features,
+                                vision_pos_embeds=[fpn_pos[-1]], text_mask=text_mask)
+    hidden, ref_boxes, presence = _decode(
+        detector, enc.last_hidden_state, enc.text_features, enc.pos_embeds_flattened, text_mask,
+        enc.spatial_shapes, query_embeds, reference_boxes)
+    offsets = detector.detr_decoder.box_head(hidden)
+    all_boxes = box_cxcywh_to_xyxy((inverse_sigmoid(ref_boxes) + offsets).sigmoid())
+    all_logits = detector.dot_product_scoring(
+        decoder_hidden_states=hidden, text_features=enc.text_features, text_mask=text_mask).squeeze(-1)
+    masks = detector.mask_decoder(
+        decoder_queries=hidden[-1], backbone_features=list(fpn), encoder_hidden_states=enc.last_hidden_state,
+        prompt_features=prompt_features, prompt_mask=text_mask)
+    return DetectorOutput(
+        pred_masks=masks.pred_masks, pred_boxes=all_boxes[-1], pred_logits=all_logits[-1],
+        presence_logits=presence[-1], all_pred_boxes=all_boxes, all_pred_logits=all_logits,
+        all_presence_logits=presence, semantic_seg=masks.semantic_seg)
+
+
+class MLP(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def grid_reference_logits(num_queries: int) -> torch.Tensor:
+    """Initial per-slot reference boxes spread over the image on a grid (pre-sigmoid cxcywh), so the K slots start
+    attending to different places through SAM3's box relative-position bias."""
+    g = math.ceil(math.sqrt(num_queries))
+    k = torch.arange(num_queries, dtype=torch.get_default_dtype())  # the model's construction dtype
+    cx = (torch.remainder(k, g) + 0.5) / g
+    cy = (torch.div(k, g, rounding_mode="floor") + 0.5) / g
+    wh = torch.full((num_queries,), min(0.9, 2.0 / g))
+    return inverse_sigmoid(torch.stack([cx, cy, wh, wh], dim=-1))
+
+
+class QueryProjector(nn.Module):
+    """Maps VLM hidden states into SAM3's detector: K query states -> decoder queries + reference boxes;
+    instruction token states -> prompt features."""
+
+    def __init__(self, vlm_dim: int, sam3_dim: int, num_queries: int):
+        super().__init__()
+        self.query_mlp = MLP(vlm_dim, sam3_dim, sam3_dim)
+        self.query_norm = nn.LayerNorm(sam3_dim)
+        self.box_mlp = MLP(vlm_dim, sam3_dim, 4)
+        self.reference_logits = nn.Parameter(grid_reference_logits(num_queries))
+        self.prompt_mlp = MLP(vlm_dim, sam3_dim, sam3_dim)
+        self.prompt_norm = nn.LayerNorm(sam3_dim)
+
+    def reset_parameters(self, std: float, init) -> None:
+        """Called from InstructSAMModel._init_weights with transformers' flag-aware init functions (loaded
+        weights are never overwritten)."""
+        for mlp in (self.query_mlp, self.box_mlp, self.prompt_mlp):
+            for lin in (mlp.fc1, mlp.fc2):
+                init.normal_(lin.weight, mean=0.0, std=std)
+                init.zeros_(lin.bias)
+        init.zeros_(self.box_mlp.fc2.weight)  # start exactly at the grid reference boxes
+        init.copy_(self.reference_logits, grid_reference_logits(self.reference_logits.shape[0]))
+        for norm in (self.query_norm, self.prompt_norm):
+            init.ones_(norm.weight)
+            init.zeros_(norm.bias)
+
+    def queries(self, query_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, d_vlm) -> (B, K, d_sam3) decoder queries and (B, K, 4) reference boxes (cxcywh in (0, 1))."""
+        queries = self.query_norm(self.query_mlp(query_states))
+        boxes = (self.reference_logits.to(query_states.dtype) + self.box_mlp(query_states)).sigmoid()
+        return queries, boxes
+
+    def prompt(self, instruction_states: torch.Tensor) -> torch.Tensor:
+        """(B, L, d_vlm) -> (B, L, d_sam3) prompt features standing in for SAM3's CLIP text features."""
+        return self.prompt_norm(self.prompt_mlp(instruction_states))
+
+
+__all__ = ["DetectorOutput", "detect_with_queries", "select_vision", "QueryProjector", "grid_reference_logits"]

@@ -1,0 +1,100 @@
+"""Tiny InstructSAM from config/model_tiny.yaml: trained tokenizer, tiny Qwen3-VL, tiny SAM3 (detector + tracker).
+
+The tiny sources are saved as ordinary checkpoint directories (like Qwen3-VL-2B-Instruct and facebook/sam3) under
+`out_dir/sources/` and composed with `instructsam.compose`, so tests load the tiny model through exactly the
+path real checkpoints take (`InstructSAMModel.from_pretrained`). Deterministic for the yaml's seed.
+
+    python -m instructsam.tiny OUT_DIR [--config config/model_tiny.yaml]
+
+The model yaml schema (shared with config/model_full.yaml): `seed`, `tokenizer.vocab_size`, `vlm`
+(Qwen3VLConfig kwargs; special-token ids come from the tokenizer), `sam3` (Sam3VideoConfig kwargs),
+`instructsam` (InstructSAMConfig kwargs).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import (
+    PreTrainedTokenizerBase,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Sam3VideoConfig,
+    Sam3VideoModel,
+)
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+from .compose import compose
+from .tokenizer import special_token_ids, train_tiny_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "config" / "model_tiny.yaml"
+
+
+def load_spec(path: str | Path) -> dict:
+    """A model yaml (relative paths are tried against the repository root too)."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"model config {str(path)!r} does not exist")
+    return yaml.safe_load(path.read_text())
+
+
+def vlm_config_from_spec(spec: dict, tokenizer: PreTrainedTokenizerBase) -> Qwen3VLConfig:
+    """Qwen3VLConfig from the yaml; special-token ids are the tokenizer's, vocab_size defaults to its length."""
+    ids = special_token_ids(tokenizer)
+    vlm_spec = dict(spec["vlm"])
+    text = dict(vlm_spec.pop("text_config"))
+    text.setdefault("vocab_size", len(tokenizer))
+    text.setdefault("pad_token_id", tokenizer.pad_token_id)
+    if len(tokenizer) > text["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size {text['vocab_size']}")
+    return Qwen3VLConfig(
+        text_config=text, vision_config=vlm_spec.pop("vision_config"), image_token_id=ids["<|image_pad|>"],
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], **vlm_spec)
+
+
+def sam3_config_from_spec(spec: dict) -> Sam3VideoConfig:
+    return Sam3VideoConfig(**(spec.get("sam3") or {}))
+
+
+def build_tiny_sources(out_dir: str | Path, spec: dict) -> tuple[Path, Path]:
+    """Save a tiny Qwen3-VL (+ tokenizer, image processor) and a tiny SAM3 video model; return their dirs."""
+    out = Path(out_dir)
+    seed = spec.get("seed", 0)
+    torch.manual_seed(seed)
+    tokenizer = train_tiny_tokenizer(spec["tokenizer"]["vocab_size"], seed=seed)
+    vlm_config = vlm_config_from_spec(spec, tokenizer)
+    vlm_dir, sam3_dir = out / "sources" / "vlm", out / "sources" / "sam3"
+    Qwen3VLForConditionalGeneration(vlm_config).save_pretrained(vlm_dir)
+    tokenizer.save_pretrained(vlm_dir)
+    vc = vlm_config.vision_config
+    Qwen2VLImageProcessor(patch_size=vc.patch_size, merge_size=vc.spatial_merge_size,
+                          temporal_patch_size=vc.temporal_patch_size, image_mean=[0.5] * 3,
+                          image_std=[0.5] * 3).save_pretrained(vlm_dir)
+    Sam3VideoModel(sam3_config_from_spec(spec)).save_pretrained(sam3_dir)
+    return vlm_dir, sam3_dir
+
+
+def build_tiny(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> Path:
+    """Build the tiny sources and compose them into `out_dir` (an InstructSAM directory); returns out_dir."""
+    spec = load_spec(config_path)
+    vlm_dir, sam3_dir = build_tiny_sources(out_dir, spec)
+    return compose(vlm_dir, sam3_dir, out_dir, overrides=dict(spec.get("instructsam") or {}),
+                   seed=spec.get("seed", 0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="build the tiny InstructSAM checkpoint")
+    parser.add_argument("out_dir")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    args = parser.parse_args(argv)
+    print(build_tiny(args.out_dir, args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared helpers for the model tests: the tiny checkpoint is built once per test session (through the same
+compose + from_pretrained path as real checkpoints) and each test loads its own model from it."""
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+torch.set_num_threads(1)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_dir() -> Path:
+    """Directory of the tiny InstructSAM checkpoint (sources under sources/vlm and sources/sam3)."""
+    from instructsam.tiny import build_tiny
+
+    root = Path(tempfile.mkdtemp(prefix="instructsam_tiny_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return build_tiny(root / "tiny")
+
+
+def load_tiny(**config_overrides):
+    """A fresh tiny model in eval mode (tests may change it freely)."""
+    from instructsam.modeling import InstructSAMModel
+
+    model = InstructSAMModel.from_pretrained(tiny_dir())
+    for key, value in config_overrides.items():
+        setattr(model.config, key, value)
+    return model.eval()
+
+
+def random_images(n: int, sizes=((90, 120), (128, 96), (112, 112)), seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n)]
+
+
+INSTRUCTIONS = ["the red circle", "every blue square left of the green star",
+                "all shapes except the small yellow triangle"]
