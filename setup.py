@@ -4,7 +4,7 @@
 ROS layer; the ROS message types come from the colcon build (scripts/setup.sh, or a robot's
 colcon workspace). Exact versions: requirements.lock.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="instructsam-ros",
@@ -12,10 +12,7 @@ setup(
     description="Instruction-conditioned instance-set segmentation and tracking for ROS 2",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=[
-        "instructsam", "instructsam.data", "instructsam.evaluation", "instructsam.training",
-        "instructsam.pipeline", "instructsam_ros",
-    ],
+    packages=find_packages(where="model") + find_packages(include=["instructsam_ros", "instructsam_ros.*"]),
     package_dir={"instructsam": "model/instructsam"},
     install_requires=[
         "torch>=2.9", "torchvision", "transformers>=5.23,<6", "tokenizers", "safetensors", "peft>=0.21",

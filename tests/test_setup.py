@@ -37,6 +37,10 @@ def test_clean_colcon_build_as_on_a_robot(tmp_path):
     assert (site / "instructsam_ros" / "conversions.py").is_file()
     assert (site / "instructsam" / "pipeline" / "instructions.py").is_file()
     assert (prefix / "share" / "instructsam_ros" / "msg" / "InstanceMaskArray.msg").is_file()
+    share = prefix / "share" / "instructsam_ros"
+    assert (share / "launch" / "instructsam.launch.py").is_file() and (share / "config" / "instructsam.yaml").is_file()
+    for exe in ("instructsam_node", "demo_camera", "demo_planner", "demo_recorder"):  # what launch files start
+        assert os.access(prefix / "lib" / "instructsam_ros" / exe, os.X_OK), exe
     # The installed tree alone (no source tree on the path) provides code and messages together.
     probe = ("import instructsam_ros, instructsam_ros.conversions as c; "
              "from instructsam_ros.srv import SetInstruction; print(instructsam_ros.__path__)")

@@ -1,0 +1,515 @@
+"""instructsam_node: a lifecycle node that segments, in every camera stream, the set of instances the
+current instruction refers to, and tracks them.
+
+    python -m instructsam_ros.node --ros-args --params-file config/instructsam.yaml [-p key:=value ...]
+
+Lifecycle (yolo_ros style): configure checks the parameters and the checkpoint path and creates the
+publishers, the instruction topics and the service; activate loads the model, builds the frame
+pipeline and subscribes to the cameras; deactivate unsubscribes and releases the model; cleanup
+destroys the rest. With autostart (default) the node configures and activates itself.
+
+Interface (camera names come from the `cameras` parameter):
+    subscribes  <camera>.image_topic          sensor_msgs/Image or CompressedImage (sensor-data QoS, depth 1)
+                ~/instruction                 instructsam_ros/Instruction      (RELIABLE + TRANSIENT_LOCAL)
+                ~/instruction_text            std_msgs/String, for every camera (RELIABLE + TRANSIENT_LOCAL)
+    serves      ~/set_instruction             instructsam_ros/SetInstruction
+    publishes   <camera>/instances            instructsam_ros/InstanceMaskArray
+                <camera>/overlay              sensor_msgs/Image rgb8 (publish_overlay)
+                /diagnostics                  diagnostic_msgs/DiagnosticArray (every diagnostics_period)
+
+All work that is not ROS lives in the model library: decoding (instructsam.pipeline.image_decode),
+instruction state (InstructionBook), model + tracking + scheduling (FramePipeline), drawing (overlay).
+Callbacks only decode and submit; one worker thread runs the model, so the executor never blocks on it.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleState, Node, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from instructsam.checkpoint import check_instructsam_dir
+from instructsam.errors import CheckpointError, ImageInputError, InstructSAMInputError
+from instructsam.pipeline.image_decode import decode_image_message
+from instructsam.pipeline.instructions import InstructionBook, InstructionRejected
+from instructsam_ros.conversions import make_instance, make_instance_array
+from instructsam_ros.msg import InstanceMaskArray, Instruction
+from instructsam_ros.overlay import overlay_message
+from instructsam_ros.parameters import (
+    ACTIVATE, BY_NAME, CONFIGURE, PARAMS, PIPELINE_SETTINGS, RUNTIME, default_image_topic,
+)
+from instructsam_ros.srv import SetInstruction
+
+NODE_NAME = "instructsam_node"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INSTRUCTION_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+RESULT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+REPEAT_LOG_SECONDS = 5.0  # the same error on the same camera is logged again only after this long
+
+
+@dataclass
+class Frame:
+    """What travels with an image through the pipeline (FramePipeline's opaque `frame`)."""
+    header: Any
+    received: float
+    image: Any = None  # kept only for the overlay
+
+
+@dataclass
+class CameraStream:
+    """One camera's ROS endpoints and the counters the node itself keeps (the pipeline keeps the rest)."""
+    name: str
+    topic: str
+    compressed: bool
+    instances_pub: Any = None
+    overlay_pub: Any = None
+    subscription: Any = None
+    received: int = 0      # image messages that arrived
+    bad_frames: int = 0    # refused by the decoder
+    published: int = 0     # InstanceMaskArrays sent
+    errors: int = 0        # bad frames, rejected instructions, failed steps
+    last_error: str = ""
+    last_logged: tuple[str, float] = ("", 0.0)
+    mark: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # (time, received, published, errors) at the last diagnostics
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """An absolute path as is; a relative one in the working directory, the package share directory, then the
+    repository. Raises CheckpointError (FileNotFoundError) naming every place looked at."""
+    from instructsam.errors import CheckpointNotFoundError
+
+    if not path.strip():
+        raise CheckpointNotFoundError("parameter 'checkpoint' is empty: set it to an InstructSAM checkpoint directory")
+    given = Path(os.path.expanduser(path))
+    if given.is_absolute():
+        candidates = [given]
+    else:
+        candidates = [Path.cwd() / given]
+        try:
+            from ament_index_python.packages import get_package_share_directory
+            candidates.append(Path(get_package_share_directory("instructsam_ros")) / given)
+        except Exception:  # not installed with colcon (development checkout): no share directory
+            pass
+        candidates.append(REPO_ROOT / given)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise CheckpointNotFoundError(
+        f"checkpoint directory {path!r} does not exist (looked in: {', '.join(str(c) for c in candidates)})")
+
+
+def _descriptor(p) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=p.name, description=p.description + (f" (one of {', '.join(p.choices)})"
+                                                                        if p.choices else ""))
+    if p.range is not None:
+        if isinstance(p.default, float):
+            d.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]), to_value=float(p.range[1]))]
+        else:
+            d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]))]
+    return d
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class InstructSAMNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        for p in PARAMS:
+            self.declare_parameter(p.name, p.default, _descriptor(p))
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.streams: dict[str, CameraStream] = {}
+        self.book: InstructionBook | None = None
+        self.model = None
+        self.pipeline = None
+        self.device = ""
+        self.node_error = ""  # why the last lifecycle transition failed ("" after a successful one)
+        self.last_error = ""  # the last error not tied to a camera (e.g. an instruction for an unknown camera)
+        self._endpoints: list = []  # instruction subscriptions + service (configure .. cleanup)
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._configured = False
+        # Diagnostics run in every state, so a node that failed to configure still says why.
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(float(self._param("diagnostics_period")), self._publish_diagnostics)
+
+    def state_label(self) -> str:
+        """'unconfigured', 'inactive', 'active', ... (rclpy has no public getter for the current state)."""
+        return self._state_machine.current_state[1]
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    # ---- lifecycle --------------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            # fail early and clearly (config, weight headers, tokenizer); the weights load on activate
+            check_instructsam_dir(resolve_checkpoint(self._param("checkpoint")))
+            self.streams = self._make_streams()
+        except (CheckpointError, ValueError) as err:
+            return self._fail("configure", err)
+        overlay = bool(self._param("publish_overlay"))
+        for s in self.streams.values():
+            s.instances_pub = self.create_lifecycle_publisher(InstanceMaskArray, f"{s.name}/instances", RESULT_QOS)
+            if overlay:
+                s.overlay_pub = self.create_lifecycle_publisher(Image, f"{s.name}/overlay", RESULT_QOS)
+        self.book = InstructionBook(list(self.streams), max_chars=int(self._param("max_instruction_chars")))
+        self._endpoints = [
+            self.create_subscription(Instruction, "~/instruction", self._on_instruction, INSTRUCTION_QOS),
+            self.create_subscription(String, "~/instruction_text", self._on_instruction_text, INSTRUCTION_QOS),
+            self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction),
+        ]
+        self._configured = True
+        self.node_error = ""
+        cams = ", ".join(f"{s.name} <- {s.topic}{' (compressed)' if s.compressed else ''}" for s in self.streams.values())
+        self.get_logger().info(f"configured: cameras {cams}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._load_model()
+        except Exception as err:  # a bad checkpoint, device or dtype: stay inactive and say why
+            return self._fail("activate", err)
+        qos = QoSProfile(depth=int(self._param("image_qos.depth")), history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE,
+                         reliability=(ReliabilityPolicy.RELIABLE if self._param("image_qos.reliability") == "reliable"
+                                      else ReliabilityPolicy.BEST_EFFORT))
+        for s in self.streams.values():
+            s.subscription = self.create_subscription(
+                CompressedImage if s.compressed else Image, s.topic,
+                lambda msg, name=s.name: self._on_image(name, msg), qos)
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="instructsam-worker", daemon=True)
+        self._worker.start()
+        self.node_error = ""
+        self.get_logger().info(f"active: model {self._param('checkpoint')!r} on {self.device}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("inactive: model released")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._destroy_endpoints()
+        self.get_logger().info("unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._destroy_endpoints()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _fail(self, transition: str, err: Exception) -> TransitionCallbackReturn:
+        self.node_error = f"{transition} failed: {err}"
+        self.get_logger().error(self.node_error)
+        return TransitionCallbackReturn.FAILURE
+
+    def _make_streams(self) -> dict[str, CameraStream]:
+        names = list(self._param("cameras"))
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"parameter 'cameras' must list distinct camera names, got {names}")
+        streams = {}
+        for name in names:
+            if not name.isidentifier() or not name.isascii():
+                raise ValueError(f"camera name {name!r} is not a valid ROS name token (letters, digits, underscore)")
+            compressed = self._declared(f"{name}.compressed", False)
+            topic = self._declared(f"{name}.image_topic", "") or default_image_topic(name, compressed)
+            streams[name] = CameraStream(name=name, topic=topic, compressed=bool(compressed))
+        return streams
+
+    def _declared(self, name: str, default):
+        if not self.has_parameter(name):
+            self.declare_parameter(name, default, ParameterDescriptor(name=name))
+        return self.get_parameter(name).value
+
+    def _destroy_endpoints(self) -> None:
+        for s in self.streams.values():
+            for pub in (s.instances_pub, s.overlay_pub):
+                if pub is not None:
+                    self.destroy_lifecycle_publisher(pub)
+            s.instances_pub = s.overlay_pub = None
+        for endpoint in self._endpoints:
+            (self.destroy_service if hasattr(endpoint, "srv_type") else self.destroy_subscription)(endpoint)
+        self._endpoints = []
+        self._configured = False
+
+    # ---- the model ----------------------------------------------------------------------------------------------
+    def _load_model(self) -> None:
+        import torch
+        from transformers.utils import logging as transformers_logging
+
+        from instructsam.modeling import InstructSAMModel
+        from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
+
+        path = resolve_checkpoint(self._param("checkpoint"))
+        device = self._param("device")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            torch_device = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"parameter 'device' {device!r} is not a torch device: {err}") from err
+        if torch_device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"parameter 'device' is {device!r}, but CUDA is not available here")
+        dtype_name = self._param("dtype")
+        if dtype_name == "auto":
+            dtype_name = "bfloat16" if torch_device.type == "cuda" else "float32"
+        if int(self._param("num_threads")) > 0:
+            torch.set_num_threads(int(self._param("num_threads")))
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bars in the node's log
+        model = InstructSAMModel.from_pretrained(path, dtype=getattr(torch, dtype_name)).to(torch_device).eval()
+        settings = PipelineSettings(**{name: self._param(name) for name in PIPELINE_SETTINGS})
+        # the node's InstructionBook lives from configure to cleanup, so instructions survive deactivate
+        self.pipeline = FramePipeline(model, list(self.streams), settings, instructions=self.book)
+        self.model, self.device = model, f"{torch_device} ({dtype_name})"
+
+    def _release(self) -> None:
+        """Stop the worker, drop the subscriptions, and free the model and the tracker state."""
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout=60.0)
+            self._worker = None
+        for s in self.streams.values():
+            if s.subscription is not None:
+                self.destroy_subscription(s.subscription)
+                s.subscription = None
+        if self.model is None:
+            return
+        if self.pipeline is not None:
+            self.pipeline.reset()
+        model_ref = weakref.ref(self.model)
+        self.pipeline = self.model = None
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+        self.device = ""
+        if model_ref() is not None:  # someone still holds the model: its memory is not free
+            self.get_logger().warning("the model is still referenced after release; its memory was not freed")
+
+    # ---- images -> pipeline -> results -----------------------------------------------------------------------
+    def _on_image(self, camera: str, msg) -> None:
+        received = time.monotonic()
+        stream = self.streams[camera]
+        stream.received += 1
+        pipeline = self.pipeline
+        if pipeline is None or self.book.get(camera) is None:
+            return  # nothing asked of this camera: do not spend time decoding
+        try:
+            image = decode_image_message(msg, int(self._param("max_image_pixels")))
+        except ImageInputError as err:
+            stream.bad_frames += 1
+            self._report(camera, f"bad image on {stream.topic}: {err}")
+            return
+        frame = Frame(msg.header, received, image if stream.overlay_pub is not None else None)
+        try:
+            pipeline.submit(camera, image, frame, received)
+        except InstructSAMInputError as err:
+            stream.bad_frames += 1
+            self._report(camera, f"image refused: {err}")
+            return
+        self._wake.set()
+
+    def _work(self) -> None:
+        """The worker thread: process the newest frame of each camera in turn, publish, repeat."""
+        pipeline = self.pipeline
+        step_errors: dict[str, int] = {}  # the pipeline's error count per camera: tells which camera failed
+        while not self._stop.is_set():
+            try:
+                result = pipeline.step_any()
+            except Exception as err:  # the pipeline recorded it and reset that camera; report, keep serving
+                errors = {c: pipeline.stats(c)["errors"] for c in self.streams}
+                camera = next((c for c in self.streams if errors[c] > step_errors.get(c, 0)), "")
+                step_errors = errors
+                self._report(camera, f"frame skipped: {type(err).__name__}: {err}")
+                if not isinstance(err, InstructSAMInputError):
+                    time.sleep(0.1)  # an unexpected failure: do not spin on it
+                continue
+            if result is None:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                self._publish(result)
+            except Exception as err:
+                self._report(result.camera, f"could not publish a result: {type(err).__name__}: {err}")
+
+    def _publish(self, result) -> None:
+        stream = self.streams[result.camera]
+        frame: Frame = result.frame
+        instances = [make_instance(inst.id, inst.score, inst.state, inst.mask) for inst in result.instances]
+        latency_ms = (time.monotonic() - frame.received) * 1000.0
+        msg = make_instance_array(
+            frame.header, result.camera, result.height, result.width, result.instruction.id,
+            result.instruction.text, instances, keyframe=bool(result.keyframe), frame_index=int(result.frame_index),
+            processing_ms=float(result.processing_ms), latency_ms=latency_ms)
+        stream.instances_pub.publish(msg)
+        stream.published += 1
+        if stream.overlay_pub is not None and frame.image is not None:
+            stream.overlay_pub.publish(overlay_message(frame.image, result, frame.header))
+
+    def _report(self, camera: str, text: str) -> None:
+        """Record an error for diagnostics and log it (the same text on the same camera at most every few s)."""
+        stream = self.streams.get(camera)
+        now = time.monotonic()
+        if stream is None:
+            self.last_error = text
+            self.get_logger().error(text)
+            return
+        stream.last_error = text
+        stream.errors += 1
+        if stream.last_logged[0] != text or now - stream.last_logged[1] > REPEAT_LOG_SECONDS:
+            stream.last_logged = (text, now)
+            self.get_logger().error(f"[{camera}] {text}")
+
+    # ---- instructions ---------------------------------------------------------------------------------------
+    def _on_instruction(self, msg: Instruction) -> None:
+        self._set_instruction(msg, "~/instruction")
+
+    def _on_instruction_text(self, msg: String) -> None:
+        self._set_instruction(Instruction(text=msg.data), "~/instruction_text")
+
+    def _on_set_instruction(self, request, response):
+        response.success, response.message, response.id = self._set_instruction(request.instruction,
+                                                                                 "~/set_instruction")
+        return response
+
+    def _set_instruction(self, ins: Instruction, source: str) -> tuple[bool, str, str]:
+        """Apply one instruction and log the outcome; returns (success, message, id in effect)."""
+        where = f"camera {ins.camera!r}" if ins.camera else "every camera"
+        try:
+            # rclpy decodes message strings with errors="replace": undecodable bytes arrive as U+FFFD.
+            if "\ufffd" in ins.text + ins.camera + ins.id:
+                raise InstructionRejected(f"its bytes are not valid UTF-8 (rclpy replaced them with U+FFFD): "
+                                          f"{_short(ins.text)}")
+            active = self.book.set(ins.text, ins.camera, ins.id, ins.task, int(ins.max_instances),
+                                   float(ins.score_threshold))
+        except InstructionRejected as err:
+            message = f"instruction from {source} rejected: {err}"
+            self._report(ins.camera if ins.camera in self.streams else "", message)
+            return False, message, ""
+        if active is None:
+            message = f"instruction cleared for {where} (from {source}): no output there until a new one"
+        else:
+            message = f"instruction {active.id!r} for {where} (from {source}): {_short(active.text)}"
+        self.get_logger().info(message)
+        return True, message, active.id if active else ""
+
+    # ---- parameters -----------------------------------------------------------------------------------------
+    def _check_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            spec = BY_NAME.get(p.name)
+            camera_param = p.name.partition(".")[0] in self.streams or p.name.endswith((".image_topic", ".compressed"))
+            if spec is not None and spec.choices and p.value not in spec.choices:
+                return SetParametersResult(successful=False,
+                                           reason=f"{p.name} must be one of {spec.choices}, got {p.value!r}")
+            if spec is not None and spec.when == ACTIVATE and self.model is not None:
+                return SetParametersResult(successful=False,
+                                           reason=f"{p.name} takes effect on activate: deactivate the node first")
+            if ((spec is not None and spec.when == CONFIGURE) or camera_param) and self._configured:
+                return SetParametersResult(successful=False,
+                                           reason=f"{p.name} takes effect on configure: clean up the node first")
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        changes = {p.name: p.value for p in params
+                   if p.name in PIPELINE_SETTINGS and BY_NAME[p.name].when == RUNTIME}
+        pipeline = self.pipeline
+        if changes and pipeline is not None:
+            try:
+                pipeline.update_settings(**changes)
+            except ValueError as err:  # the descriptors' ranges should have refused it already
+                self.get_logger().error(f"settings not changed: {err}")
+                return
+            self.get_logger().info(f"settings changed: {changes}")
+
+    # ---- diagnostics --------------------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        state = self.state_label()
+        node_status = DiagnosticStatus(
+            name=f"{self.get_name()}: node", hardware_id=self.device or "none",
+            level=DiagnosticStatus.ERROR if self.node_error else DiagnosticStatus.OK,
+            message=self.node_error or state)
+        node_status.values = _values(
+            state=state, model=str(self._param("checkpoint")) if self.model is not None else "not loaded",
+            device=self.device or "none", last_error=self.node_error or self.last_error)
+        statuses = [node_status]
+        pipeline = self.pipeline
+        for s in self.streams.values():
+            t0, received0, published0, errors0 = s.mark
+            dt = now - t0 if t0 else 0.0
+            s.mark = (now, s.received, s.published, s.errors)
+            # the pipeline's own counters: dropped frames, failed steps, latency (receipt -> result) percentiles
+            stats = pipeline.stats(s.name) if pipeline is not None else {}
+            active = self.book.get(s.name) if self.book is not None else None
+            new_errors = s.errors > errors0
+            status = DiagnosticStatus(
+                name=f"{self.get_name()}: {s.name}", hardware_id=self.device or "none",
+                level=DiagnosticStatus.WARN if new_errors else DiagnosticStatus.OK,
+                message=s.last_error if new_errors else ("no instruction" if active is None else "ok"))
+            status.values = _values(
+                input_rate_hz=f"{(s.received - received0) / dt:.2f}" if dt else "0.00",
+                processed_rate_hz=f"{(s.published - published0) / dt:.2f}" if dt else "0.00",
+                received=s.received, processed=s.published, dropped=stats.get("dropped", 0),
+                bad_frames=s.bad_frames, errors=s.errors,
+                latency_p50_ms=f"{stats.get('latency_p50_ms', 0.0):.1f}",
+                latency_p95_ms=f"{stats.get('latency_p95_ms', 0.0):.1f}", device=self.device or "none",
+                instruction_id=active.id if active else "", instruction=active.text[:200] if active else "",
+                last_error=s.last_error)
+            statuses.append(status)
+        msg = DiagnosticArray(status=statuses)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def _values(**items) -> list[KeyValue]:
+    return [KeyValue(key=k, value=str(v)) for k, v in items.items()]
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = InstructSAMNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value:
+            node.trigger_configure()
+            if node.state_label() == "inactive":
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._release()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

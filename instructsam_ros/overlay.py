@@ -1,0 +1,23 @@
+"""The overlay image as a ROS message; the drawing itself is instructsam.pipeline.overlay (no ROS types),
+shared with the demo GIF and the bag evaluator."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sensor_msgs.msg import Image
+
+from instructsam.pipeline.overlay import draw_result
+
+
+def rgb_image_message(rgb: np.ndarray, header) -> Image:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image rgb8 with the given header."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    height, width = rgb.shape[:2]
+    return Image(header=header, height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3,
+                 data=rgb.tobytes())
+
+
+def overlay_message(image: np.ndarray, result: Any, header) -> Image:
+    """The frame with the result's masks, boxes, ids and instruction drawn on it, as an rgb8 Image."""
+    return rgb_image_message(draw_result(image, result), header)
