@@ -132,6 +132,22 @@ def test_a_detected_object_keeps_its_id_across_keyframes_and_tracked_frames(mode
     assert all(frame_ids == ["1"] for frame_ids in ids)  # one id, 30 frames
 
 
+def test_a_new_image_size_makes_the_next_frame_a_keyframe(model, video):
+    """The tracker's session is per resolution: a camera that changes size must be detected again at once,
+    not left empty until the next interval keyframe."""
+    p = FramePipeline(model, ["cam"], PipelineSettings(keyframe_interval=10, lost_patience=20, **DETECT_ALL))
+    p.instructions.set(video.instructions[0]["text"])
+    small = video.frames[2][::2, ::2].copy()
+    frames = [video.frames[0], video.frames[1], small, small]
+    results = []
+    for image in frames:
+        p.submit("cam", image)
+        results.append(p.step("cam"))
+    assert [r.keyframe_reason for r in results] == ["first", "", "first", ""]
+    assert (results[2].height, results[2].width) == small.shape[:2]
+    assert results[2].instances and all(i.mask.shape == small.shape[:2] for i in results[2].instances)
+
+
 def test_two_cameras_with_different_instructions_never_mix(seeing_model, video):
     other = random_images(12, sizes=((72, 96),), seed=5)
     settings = PipelineSettings(keyframe_interval=4, mask_threshold=0.5, **DETECT_ALL)

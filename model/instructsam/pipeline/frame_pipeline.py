@@ -117,6 +117,7 @@ class _Camera:
     processing_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     scheduler: KeyframeScheduler = field(default_factory=KeyframeScheduler)
     tracker: CameraTracker = field(default_factory=CameraTracker)
+    image_size: tuple[int, int] | None = None  # (H, W) of the last processed frame
 
 
 def _percentile(values, q: float) -> float:
@@ -227,6 +228,11 @@ class FramePipeline:
                  settings: PipelineSettings) -> FrameResult:
         start = time.monotonic()
         model = self.model
+        if cam.image_size not in (None, pending.image.shape[:2]):
+            # a new resolution: the tracker session is per size, so start over with a detection ("first")
+            cam.scheduler.reset()
+            cam.tracker.reset()
+        cam.image_size = pending.image.shape[:2]
         reason = cam.scheduler.decide(instruction, start, settings)
         if reason == "instruction":
             cam.tracker.reset()  # a new instance set: new ids (the counter keeps going)

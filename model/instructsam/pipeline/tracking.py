@@ -408,7 +408,7 @@ class CameraTracker:
             return list(self.tracks.tracks)
         height, width = features.original_sizes[0]
         if (self.session.height, self.session.width) != (height, width):
-            self.reset()  # the camera changed resolution: wait for the next keyframe
+            self.reset()  # a new resolution (FramePipeline makes such a frame a keyframe)
             return []
         observations = self.session.predict(features, mask_threshold)
         dropped = self.tracks.observe(observations, nms_iou, lost_patience)

@@ -1,0 +1,316 @@
+"""bag_eval: replay rosbag2 recordings through the node's frame pipeline, write the results, score them.
+
+    python -m instructsam_ros.bag_eval run BAG [BAG ...] --checkpoint DIR --out DIR [options]
+    python -m instructsam_ros.bag_eval merge RECORDS [RECORDS ...] --out DIR
+    python -m instructsam_ros.bag_eval make-synthetic --out DIR [--storage sqlite3|mcap] [--compressed] ...
+
+(`python -m instructsam.bags ...` is the same command without any ROS package on the path.)
+Exit status: 0 when the run completed, also when messages were skipped (the summary says "completed, N skipped";
+with --strict, 1 when anything was skipped); 2 when it could not complete (unreadable bag, bad ground truth or
+schedule, missing checkpoint): the error names the file. See docs/bag_evaluation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EXIT_OK, EXIT_SKIPPED_STRICT, EXIT_ERROR = 0, 1, 2
+
+
+def _pipeline_fields() -> dict:
+    from ..pipeline.frame_pipeline import PipelineSettings
+    return {f.name: f for f in dataclasses.fields(PipelineSettings)}
+
+
+def node_params(path: str) -> dict:
+    """The ros__parameters of a node parameter file (config/instructsam.yaml layout), nested keys flattened."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"parameter file not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    params = None
+    for value in (data.values() if isinstance(data, dict) else []):
+        if isinstance(value, dict) and "ros__parameters" in value:
+            params = value["ros__parameters"]
+            break
+    if params is None:
+        raise ValueError(f"{p}: no 'ros__parameters' section (expected the node's parameter file layout)")
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    return dict(flat(params))
+
+
+def parse_set(items: list[str]) -> dict:
+    fields = _pipeline_fields()
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def resolve_checkpoint(path: str) -> str:
+    given = Path(os.path.expanduser(path))
+    for candidate in ([given] if given.is_absolute() else [Path.cwd() / given, REPO_ROOT / given]):
+        if candidate.is_dir():
+            return str(candidate)
+    raise FileNotFoundError(f"checkpoint directory {path!r} does not exist (looked in the working directory and "
+                            f"{REPO_ROOT})")
+
+
+def parse_topics(items: list[str] | None):
+    if not items:
+        return None
+    topics = {}
+    for item in items:
+        topic, _, camera = item.partition("=")
+        topics[topic] = camera
+    return topics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bag_eval", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="replay bags through the frame pipeline, write results and a report")
+    run.add_argument("bags", nargs="+", help="rosbag2 directories (sqlite3 or mcap)")
+    run.add_argument("--out", required=True, help="report directory (metrics.json/.md, plots, records/, bags/)")
+    run.add_argument("--checkpoint", help="InstructSAM checkpoint directory (default: the --params file's)")
+    run.add_argument("--params", help="node parameter file (config/instructsam.yaml): pipeline settings and "
+                                      "checkpoint, exactly as the node would use them")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a pipeline setting (keyframe_interval, score_threshold, ...)")
+    run.add_argument("--topic", action="append", metavar="TOPIC[=CAMERA]",
+                     help="camera topic to replay (repeatable; default: every Image/CompressedImage topic)")
+    ins = run.add_argument_group("instructions (default: <bag>.instructions.yaml next to each bag)")
+    ins.add_argument("--instructions", help="timed instruction schedule (YAML) for every bag")
+    ins.add_argument("--instruction", help="one instruction for every camera from the first frame")
+    ins.add_argument("--task", default="", help="task template for --instruction")
+    ins.add_argument("--instruction-topic", help="apply the instructsam_ros/Instruction (or std_msgs/String) "
+                                                 "messages recorded on this topic")
+    run.add_argument("--gt", help="ground-truth JSON (one bag only; default: <bag>.gt.json next to each bag)")
+    run.add_argument("--no-gt", action="store_true", help="do not score, even if <bag>.gt.json exists")
+    run.add_argument("--timing", choices=("fast", "recorded"), default="fast",
+                     help="fast: process every frame; recorded: honour recorded gaps, drop frames like the node")
+    run.add_argument("--rate", type=float, default=1.0, help="recorded timing: playback speed factor")
+    run.add_argument("--write-bags", action="store_true", help="write OUT/bags/<bag>_instances (InstanceMaskArray)")
+    run.add_argument("--overlay", action="store_true", help="also write /<camera>/overlay images into them")
+    run.add_argument("--output-storage", choices=("sqlite3", "mcap"), help="default: the input bag's")
+    run.add_argument("--workers", type=int, default=1, help="parallel worker processes (one bag per task)")
+    run.add_argument("--threads", type=int, default=1, help="torch threads per process (same in every mode)")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    run.add_argument("--max-image-pixels", type=int, help="refuse larger images (default: the node's)")
+    run.add_argument("--shard", metavar="K/N|env",
+                     help="evaluate only shard K of N of the bags (sorted by name): K/N, or 'env' for torchrun's "
+                          "RANK/WORLD_SIZE; with --records-only, then `merge` the shards' records")
+    run.add_argument("--records-only", action="store_true",
+                     help="write OUT/records/<bag>.records.json only (shards; `merge` makes the report)")
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--strict", action="store_true", help="exit 1 when any message was skipped")
+
+    merge = sub.add_parser("merge", help="one report from records files (e.g. shards from several machines)")
+    merge.add_argument("records", nargs="+", help="*.records.json files, or directories holding them")
+    merge.add_argument("--out", required=True)
+    merge.add_argument("--strict", action="store_true")
+
+    syn = sub.add_parser("make-synthetic", help="write synthetic bags with ground truth and instruction schedules")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
+    syn.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage instead of Image")
+    syn.add_argument("--format", choices=("jpeg", "png"), default="jpeg", help="compressed image format")
+    syn.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8", help="raw image encoding")
+    syn.add_argument("--videos", type=int, default=1, help="number of bags (one synthetic video per camera each)")
+    syn.add_argument("--cameras", type=int, default=1, help="cameras (videos) per bag")
+    syn.add_argument("--frames", type=int, default=12)
+    syn.add_argument("--size", type=int, default=64, help="image size (square)")
+    syn.add_argument("--max-objects", type=int, default=4)
+    syn.add_argument("--fps", type=float, default=10.0)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--instruction-topic", help="also record the instructions on this topic")
+    return parser
+
+
+def _settings_and_checkpoint(args):
+    from ..pipeline.frame_pipeline import PipelineSettings
+    from ..pipeline.image_decode import DEFAULT_MAX_PIXELS
+
+    fields = _pipeline_fields()
+    values, checkpoint, max_pixels = {}, args.checkpoint, args.max_image_pixels
+    if args.params:
+        params = node_params(args.params)
+        values = {k: v for k, v in params.items() if k in fields}
+        checkpoint = checkpoint or params.get("checkpoint")
+        max_pixels = max_pixels or params.get("max_image_pixels")
+    values.update(parse_set(args.set))
+    if not checkpoint:
+        raise ValueError("no checkpoint: give --checkpoint DIR (or --params FILE with a 'checkpoint' parameter)")
+    return PipelineSettings(**values), resolve_checkpoint(checkpoint), int(max_pixels or DEFAULT_MAX_PIXELS)
+
+
+def cmd_run(args) -> int:
+    from .replay import ReplayOptions
+    from .runner import ModelSpec, default_job, evaluate_bags
+    from .schedule import InstructionSchedule
+
+    if args.gt and len(args.bags) > 1:
+        raise ValueError("--gt names one ground-truth file, but several bags were given: put <bag>.gt.json next to "
+                         "each bag instead")
+    if args.instructions and args.instruction:
+        raise ValueError("give either --instructions FILE or --instruction TEXT, not both")
+    settings, checkpoint, max_pixels = _settings_and_checkpoint(args)
+    out = Path(args.out)
+    schedule = (InstructionSchedule.load(args.instructions) if args.instructions else
+                InstructionSchedule.constant(args.instruction, task=args.task) if args.instruction else None)
+    explicit = schedule is not None or args.instruction_topic is not None
+    jobs = [default_job(bag, out, args.write_bags, schedule=schedule, ground_truth=args.gt,
+                        schedule_sidecar=not explicit, gt_sidecar=not args.no_gt) for bag in args.bags]
+    for job in jobs:
+        if job.schedule is None and args.instruction_topic is None:
+            raise ValueError(f"no instructions for bag {job.bag}: give --instructions FILE, --instruction TEXT or "
+                             f"--instruction-topic TOPIC, or put {Path(job.bag).name}.instructions.yaml next to it")
+        if args.no_gt:
+            job.ground_truth = None
+    unique_names(jobs, out if args.write_bags else None)
+    if args.shard:
+        jobs = select_shard(jobs, args.shard)
+        if not jobs:
+            print(f"bag_eval: shard {args.shard} has no bags (fewer bags than shards)")
+            return EXIT_OK
+    options = ReplayOptions(topics=parse_topics(args.topic), instruction_topic=args.instruction_topic,
+                            timing=args.timing, rate=args.rate, max_pixels=max_pixels,
+                            output_storage=args.output_storage, overlay=args.overlay, progress=not args.no_progress)
+    preflight(jobs, options)
+    spec = ModelSpec(checkpoint=checkpoint, device=args.device, dtype=args.dtype, threads=args.threads)
+    records = evaluate_bags(jobs, spec, settings, options, workers=args.workers)
+    for r in records:
+        r.save(out / "records" / f"{r.name}.records.json")
+    return report(records, out, args.strict, write=not args.records_only)
+
+
+def select_shard(jobs: list, spec: str, env=None) -> list:
+    """Shard K of N of the jobs (sorted by name: every machine given the same bag list picks the same shards).
+    spec "K/N", or "env": RANK and WORLD_SIZE from the environment (torchrun sets them for every process)."""
+    env = os.environ if env is None else env
+    if spec == "env":
+        if "RANK" not in env or "WORLD_SIZE" not in env:
+            raise ValueError("--shard env needs RANK and WORLD_SIZE in the environment (torchrun sets them)")
+        k, n = int(env["RANK"]), int(env["WORLD_SIZE"])
+    else:
+        try:
+            k, n = (int(v) for v in spec.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard {spec!r}: expected K/N (e.g. 0/4) or 'env'") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {spec!r}: need 0 <= K < N, got K={k}, N={n}")
+    return sorted(jobs, key=lambda j: j.name)[k::n]
+
+
+def preflight(jobs: list, options) -> None:
+    """Open every bag, check the topics and schedule against it, and parse every ground-truth file before the
+    model is loaded: a run that cannot complete fails in seconds, naming the file."""
+    from .groundtruth import load_ground_truth
+    from .reader import BagSource
+
+    for job in jobs:
+        with BagSource(job.bag, options.topics, options.instruction_topic) as source:
+            schedule = job.schedule if job.schedule is not None else options.schedule
+            if schedule is not None:
+                schedule.cursor(source.cameras, source.start_time_ns)
+        if job.ground_truth:
+            load_ground_truth(job.ground_truth)
+
+
+def unique_names(jobs: list, out: Path | None) -> None:
+    """Bags are named by their directory; bags whose names clash are named <parent>_<name> instead."""
+    names = [j.name for j in jobs]
+    for job in jobs:
+        if names.count(job.name) > 1:
+            job.name = f"{Path(job.bag).resolve().parent.name}_{job.name}"
+            if out is not None:
+                job.output_bag = str(out / "bags" / f"{job.name}_instances")
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"bag names must be unique in one run (they name records and reports); these clash even "
+                         f"with their parent directory: {[j.bag for j in jobs if names.count(j.name) > 1]}")
+
+
+def load_records(items: list[str]) -> list:
+    from .records import BagRecords
+
+    paths = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.records.json"))
+            if not found:
+                raise FileNotFoundError(f"no *.records.json files in {p}")
+            paths += found
+        else:
+            paths.append(p)
+    return [BagRecords.load(p) for p in paths]
+
+
+def cmd_merge(args) -> int:
+    return report(load_records(args.records), Path(args.out), args.strict)
+
+
+def report(records: list, out: Path, strict: bool, write: bool = True) -> int:
+    from .scoring import score, write_bag_report
+
+    summary, timeline = score(records)
+    for s in summary["skipped_messages"]:
+        stamp = "?" if s["stamp_ns"] is None else s["stamp_ns"]
+        print(f"skipped: {s['bag']} {s['topic']} log_time={s['log_time_ns']} stamp={stamp}: {s['reason']}",
+              file=sys.stderr)
+    if write:
+        paths = write_bag_report(out, summary, timeline)
+        print(f"report: {paths['markdown']}")
+    else:
+        print(f"records: {out / 'records'}")
+    f = summary["frames"]
+    print(f"bag_eval: {summary['status']} ({summary['num_bags']} bag(s), {f['processed']} frames processed, "
+          f"{f['dropped']} dropped, {summary['scored_frames']} scored)")
+    return EXIT_SKIPPED_STRICT if strict and summary["skipped"] else EXIT_OK
+
+
+def cmd_make_synthetic(args) -> int:
+    from .synthetic import make_synthetic_bags
+
+    made = make_synthetic_bags(args.out, videos=args.videos, frames=args.frames, size=args.size,
+                               cameras=args.cameras, max_objects=args.max_objects, seed=args.seed,
+                               storage=args.storage, compressed=args.compressed, image_format=args.format,
+                               encoding=args.encoding, fps=args.fps, instruction_topic=args.instruction_topic)
+    for m in made:
+        print(f"{m.bag}  ground truth {m.ground_truth.name}  instructions {m.schedule.name}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import CheckpointError
+    from .reader import BagError
+
+    args = build_parser().parse_args(argv)
+    command = {"run": cmd_run, "merge": cmd_merge, "make-synthetic": cmd_make_synthetic}[args.command]
+    try:
+        return command(args)
+    except (BagError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"bag_eval: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

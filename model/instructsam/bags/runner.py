@@ -1,0 +1,151 @@
+"""Evaluate many bags: one after another in this process, or in parallel worker processes (ProcessPoolExecutor,
+spawn context; each worker loads the model once and runs torch with the same thread count as a sequential run).
+Each bag is replayed with its own fresh FramePipeline, so a bag's records do not depend on which process ran it or
+what ran before; metrics are computed once, afterwards, from all records (scoring.score), so parallel == sequential.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import queue as queue_module
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..pipeline.frame_pipeline import PipelineSettings
+from .groundtruth import load_ground_truth
+from .records import BagRecords
+from .replay import ReplayOptions, replay_bag
+from .schedule import InstructionSchedule
+
+
+@dataclass
+class ModelSpec:
+    checkpoint: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1  # torch CPU threads (per worker); the same in every mode, so results are bit-identical
+
+
+@dataclass
+class BagJob:
+    bag: str
+    name: str
+    schedule: InstructionSchedule | None = None
+    ground_truth: str | None = None
+    output_bag: str | None = None
+
+
+def load_model(spec: ModelSpec):
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    from ..modeling import InstructSAMModel
+
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
+    transformers_logging.disable_progress_bar()
+    model = InstructSAMModel.from_pretrained(spec.checkpoint, dtype=getattr(torch, spec.dtype))
+    return model.to(torch.device(spec.device)).eval()
+
+
+def run_job(job: BagJob, model, settings: PipelineSettings, options: ReplayOptions) -> BagRecords:
+    gt = load_ground_truth(job.ground_truth) if job.ground_truth else None
+    opts = replace(options, schedule=job.schedule if job.schedule is not None else options.schedule,
+                   output_bag=job.output_bag)
+    return replay_bag(job.bag, model, settings, opts, ground_truth=gt, name=job.name)
+
+
+# ---- worker processes ----------------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(spec: ModelSpec, ticks) -> None:
+    _WORKER["model"] = load_model(spec)
+    _WORKER["ticks"] = ticks
+
+
+def _run_in_worker(job: BagJob, settings: PipelineSettings, options: ReplayOptions) -> BagRecords:
+    ticks = _WORKER["ticks"]
+    opts = replace(options, progress=False, on_frame=(lambda n: ticks.put(n)) if ticks is not None else None)
+    return run_job(job, _WORKER["model"], settings, opts)
+
+
+def evaluate_bags(jobs: list[BagJob], spec: ModelSpec, settings: PipelineSettings, options: ReplayOptions,
+                  workers: int = 1, model=None) -> list[BagRecords]:
+    """Replay every job; returns the records in job order. workers <= 1: in this process (`model`, if given, is
+    used instead of loading spec.checkpoint). Errors (an unreadable bag, a bad ground-truth file) propagate."""
+    if workers <= 1 or len(jobs) <= 1:
+        model = model if model is not None else load_model(spec)
+        return [run_job(job, model, settings, options) for job in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    manager = ctx.Manager() if options.progress else None
+    ticks = manager.Queue() if manager is not None else None
+    total = _count_frames(jobs, options) if options.progress else None
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                                 initargs=(spec, ticks)) as pool, \
+                tqdm(total=total, unit="frame", desc=f"{len(jobs)} bags, {workers} workers",
+                     disable=not options.progress) as bar:
+            futures = {pool.submit(_run_in_worker, job, settings, replace(options, on_frame=None)): i
+                       for i, job in enumerate(jobs)}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for f in done:
+                    if f.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise f.exception()
+                _drain(ticks, bar)
+            _drain(ticks, bar)
+            results = {futures[f]: f.result() for f in futures}
+    finally:
+        if manager is not None:
+            manager.shutdown()
+    return [results[i] for i in range(len(jobs))]
+
+
+def _drain(ticks, bar) -> None:
+    if ticks is None:
+        return
+    while True:
+        try:
+            bar.update(ticks.get_nowait())
+        except queue_module.Empty:
+            return
+
+
+def _count_frames(jobs: list[BagJob], options: ReplayOptions) -> int | None:
+    from .reader import BagSource
+
+    try:
+        total = 0
+        for job in jobs:
+            with BagSource(job.bag, options.topics, options.instruction_topic) as source:
+                total += source.image_count
+        return total
+    except Exception:  # the worker reports a bad bag properly; the bar just has no total
+        return None
+
+
+def default_job(bag: str | Path, out_dir: Path | None = None, write_bag: bool = False,
+                schedule: InstructionSchedule | None = None, ground_truth: str | None = None,
+                schedule_sidecar: bool = True, gt_sidecar: bool = True) -> BagJob:
+    """A job for `bag`; without an explicit schedule / ground truth, <bag>.instructions.yaml / <bag>.gt.json next
+    to the bag are used when they exist."""
+    bag = Path(bag)
+    if schedule is None and schedule_sidecar:
+        sidecar = bag.with_name(bag.name + ".instructions.yaml")
+        if sidecar.is_file():
+            schedule = InstructionSchedule.load(sidecar)
+    if ground_truth is None and gt_sidecar:
+        sidecar = bag.with_name(bag.name + ".gt.json")
+        if sidecar.is_file():
+            ground_truth = str(sidecar)
+    output = str(out_dir / "bags" / f"{bag.name}_instances") if (write_bag and out_dir is not None) else None
+    return BagJob(bag=str(bag), name=bag.name, schedule=schedule, ground_truth=ground_truth, output_bag=output)
+
+
+__all__ = ["ModelSpec", "BagJob", "load_model", "run_job", "evaluate_bags", "default_job"]

@@ -1,0 +1,98 @@
+"""The output bag: one instructsam_ros/msg/InstanceMaskArray per processed frame on /<camera>/instances (header =
+the source image's header, written at the source message's recorded time), and optionally the overlay image
+(sensor_msgs/Image rgb8) on /<camera>/overlay; sqlite3 or mcap. The message types are registered from the package's
+own .msg files (types.py), so the bag carries the package's definitions and type hashes and a ROS 2 install reads
+it as its own messages.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from .records import STATE_CODES, FrameRecord
+from .types import IMAGE, INSTANCE_MASK, INSTANCE_MASK_ARRAY, typestore
+
+STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+BAG_VERSION = 8  # rosbag2 metadata version 8 (Jazzy's); rosbags writes 8 or 9 (Kilted's)
+
+
+def header_msg(store, stamp_ns: int, frame_id: str):
+    Header = store.types["std_msgs/msg/Header"]
+    Time = store.types["builtin_interfaces/msg/Time"]
+    return Header(stamp=Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)),
+                  frame_id=frame_id)
+
+
+def source_header(store, header):
+    """A copy of a deserialised source header in this typestore (the source bag's own types may differ), keeping
+    sec and nanosec exactly as recorded."""
+    Header = store.types["std_msgs/msg/Header"]
+    Time = store.types["builtin_interfaces/msg/Time"]
+    return Header(stamp=Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec)),
+                  frame_id=str(header.frame_id))
+
+
+def instance_array_msg(store, record: FrameRecord, header):
+    """The InstanceMaskArray for a processed FrameRecord (fields as instructsam_ros/conversions.py fills them)."""
+    InstanceMask = store.types[INSTANCE_MASK]
+    instances = []
+    for inst in record.instances:
+        rle = {"size": [record.height, record.width], "counts": inst.rle.encode("ascii")}
+        instances.append(InstanceMask(
+            id=inst.id, score=inst.score, state=STATE_CODES[inst.state],
+            bbox=np.asarray(mask_utils.toBbox(rle), dtype=np.float32), mask_height=record.height,
+            mask_width=record.width, rle_counts=inst.rle))
+    return store.types[INSTANCE_MASK_ARRAY](
+        header=header, camera=record.camera, height=record.height, width=record.width,
+        instruction_id=record.instruction_id, instruction=record.instruction, instances=instances,
+        keyframe=record.keyframe, frame_index=record.frame_index, processing_ms=record.processing_ms,
+        latency_ms=record.latency_ms)
+
+
+def rgb_image_msg(store, rgb: np.ndarray, header):
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    height, width = rgb.shape[:2]
+    return store.types[IMAGE](header=header, height=height, width=width, encoding="rgb8", is_bigendian=0,
+                              step=width * 3, data=rgb.reshape(-1))
+
+
+class OutputBag:
+    """Writes results as they come (one writer thread at a time)."""
+
+    def __init__(self, path: str | os.PathLike, cameras: list[str], storage: str = "sqlite3", overlay: bool = False,
+                 version: int = BAG_VERSION):
+        if storage not in STORAGES:
+            raise ValueError(f"output storage must be one of {sorted(STORAGES)}, got {storage!r}")
+        self.path = Path(path)
+        if self.path.exists():
+            raise FileExistsError(f"output bag {self.path} exists already; rosbag2 writers never overwrite")
+        self.store = typestore()
+        self.writer = Writer(self.path, version=version, storage_plugin=STORAGES[storage])
+        self.writer.open()
+        self.instances = {c: self.writer.add_connection(f"/{c}/instances", INSTANCE_MASK_ARRAY, typestore=self.store)
+                          for c in cameras}
+        self.overlays = ({c: self.writer.add_connection(f"/{c}/overlay", IMAGE, typestore=self.store)
+                          for c in cameras} if overlay else {})
+        self.count = 0
+
+    def write(self, record: FrameRecord, header, overlay_rgb: np.ndarray | None = None) -> None:
+        """header: the source image header (any object with stamp.sec, stamp.nanosec, frame_id)."""
+        h = source_header(self.store, header)
+        msg = instance_array_msg(self.store, record, h)
+        self.writer.write(self.instances[record.camera], record.log_time_ns,
+                          self.store.serialize_cdr(msg, INSTANCE_MASK_ARRAY))
+        if overlay_rgb is not None and record.camera in self.overlays:
+            self.writer.write(self.overlays[record.camera], record.log_time_ns,
+                              self.store.serialize_cdr(rgb_image_msg(self.store, overlay_rgb, h), IMAGE))
+        self.count += 1
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+__all__ = ["STORAGES", "BAG_VERSION", "OutputBag", "instance_array_msg", "rgb_image_msg", "header_msg",
+           "source_header"]
