@@ -170,3 +170,18 @@ def test_load_in_bfloat16_converts_every_component():
         out = model.segment(features, INSTRUCTIONS[:2])
     assert out.mask_logits.dtype == torch.bfloat16 and torch.isfinite(out.scores.float()).all()
     assert len(model.postprocess(out, features.original_sizes, score_threshold=0.0)) == 2
+
+
+def test_postprocess_can_crop_masks_to_their_boxes():
+    """A slot mask that bleeds past its box (into a neighbour) is cut to the box grown by one pixel."""
+    logits = torch.full((1, 1, 10, 10), -10.0)
+    logits[0, 0, 0:10, 0:10] = 10.0  # the whole image
+    boxes = torch.tensor([[[0.2, 0.3, 0.5, 0.6]]])  # x 4..10, y 6..12 of a 20x20 image
+    out = InstanceSetOutput(mask_logits=logits, boxes=boxes, scores=torch.tensor([[0.9]]),
+                            image_index=torch.tensor([0]))
+    (full,) = postprocess_instance_sets(out, [(20, 20)], 0.5, 0.35, 0.5, 10)
+    (cropped,) = postprocess_instance_sets(out, [(20, 20)], 0.5, 0.35, 0.5, 10, crop_masks_to_boxes=True)
+    assert full.masks[0].all()
+    expected = np.zeros((20, 20), dtype=bool)
+    expected[5:13, 3:11] = True  # pixel centres within [3, 11] x [5, 13]
+    np.testing.assert_array_equal(cropped.masks[0], expected)

@@ -30,7 +30,9 @@ class InstructSAMConfig(PreTrainedConfig):
     image_size: SAM3's square input side (must equal sam3_config.image_size). vlm_image_size: the VLM's square
         input side (a multiple of patch_size * spatial_merge_size).
     score_threshold / mask_threshold / nms_iou / max_instances: post-process defaults. mask_threshold is applied
-        to the mask probability; 0.35 follows DIT's binarisation.
+        to the mask probability; 0.35 follows DIT's binarisation. crop_masks_to_boxes: cut each mask to its
+        predicted box (+1 px), for models whose slot masks bleed into neighbouring instances (small models trained
+        from scratch; SAM3's trained mask decoder does not need it).
     max_instruction_chars / max_instruction_tokens: longer instructions are rejected with InstructionError.
     query_token_ids: tokenizer ids of `<inst_q_0>`..`<inst_q_{K-1}>` (placeholders whose embeddings are replaced
         by the learned query bank).
@@ -65,6 +67,7 @@ class InstructSAMConfig(PreTrainedConfig):
     mask_threshold: float = 0.35
     nms_iou: float = 0.5
     max_instances: int = 20
+    crop_masks_to_boxes: bool = False
     max_instruction_chars: int = 2000
     max_instruction_tokens: int = 256
     query_token_ids: list[int] | None = None

@@ -371,7 +371,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             score_threshold=cfg.score_threshold if score_threshold is None else score_threshold,
             mask_threshold=cfg.mask_threshold if mask_threshold is None else mask_threshold,
             nms_iou=cfg.nms_iou if nms_iou is None else nms_iou,
-            max_instances=cfg.max_instances if max_instances is None else max_instances)
+            max_instances=cfg.max_instances if max_instances is None else max_instances,
+            crop_masks_to_boxes=cfg.crop_masks_to_boxes)
 
     @torch.no_grad()
     def predict(self, images: ImagesInput, instructions: list[str], task: str | None = None,

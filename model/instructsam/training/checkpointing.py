@@ -1,0 +1,156 @@
+"""Training checkpoints with exact resume.
+
+    OUTPUT/checkpoints/step_0000500/
+        trainable.safetensors   the trainable parameters, under the model's own state-dict names (the names
+                                save_pretrained writes), so they can be loaded into a from_pretrained model
+        training_state.pt       optimizer, LR scheduler, grad scaler, data position, run config, world size
+        train_config.yaml       the run config (to rebuild the model: instructsam.training.trainer.load_step_model)
+        rng_rank{r}.pt          python / numpy / torch (+ CUDA) RNG states of each rank
+
+A resumed run rebuilds the model exactly as the original did (same base checkpoint or fresh-build directory),
+loads these files and continues from the saved data position: its weights then equal an uninterrupted run's.
+Directories are written under a temporary name and renamed, so a crash never leaves a half-written checkpoint
+that `latest_checkpoint` would pick.
+"""
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, CheckpointNotFoundError
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, scheduler, scaler, position: dict,
+                    config: dict, rank: int = 0, world_size: int = 1) -> Path:
+    """Write a checkpoint directory (collective under DDP: every rank must call it)."""
+    final = Path(directory)
+    tmp = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+        (tmp / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None, "position": dict(position),
+                    "config": config, "world_size": world_size}, tmp / "training_state.pt")
+    _barrier()
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    _barrier()
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    _barrier()
+    return final
+
+
+def load_trainable(model: torch.nn.Module, directory: str | Path) -> None:
+    """Load trainable.safetensors into the model; every trainable parameter must be in it."""
+    file = Path(directory) / "trainable.safetensors"
+    if not file.is_file():
+        raise CheckpointNotFoundError(f"training checkpoint {str(directory)!r} has no trainable.safetensors")
+    state = load_file(str(file))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise CheckpointError(f"{file}: {len(unknown)} tensor(s) the model does not have, e.g. {unknown[:3]} "
+                              f"(was it saved from a different model configuration?)")
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state)
+    if missing:
+        raise CheckpointError(f"{file}: no values for {len(missing)} trainable parameter(s), e.g. {missing[:3]} "
+                              f"(was the checkpoint saved with different freezing settings?)")
+    with torch.no_grad():
+        for name, value in state.items():
+            if params[name].shape != value.shape:
+                raise CheckpointError(f"{file}: {name} has shape {tuple(value.shape)}, the model expects "
+                                      f"{tuple(params[name].shape)}")
+            params[name].copy_(value)
+
+
+def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, scheduler, scaler,
+                    rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu") -> dict:
+    """Restore everything save_checkpoint wrote; returns the data position."""
+    directory = Path(directory)
+    state_file = directory / "training_state.pt"
+    if not state_file.is_file():
+        raise CheckpointNotFoundError(f"{str(directory)!r} is not a training checkpoint (no training_state.pt)")
+    state = torch.load(state_file, map_location=device, weights_only=False)  # our own file: python RNG tuples
+    if state["world_size"] != world_size:
+        raise CheckpointError(f"{directory} was written by {state['world_size']} rank(s); resuming with "
+                              f"{world_size} would change the data order (exact resume needs the same world size)")
+    load_trainable(model, directory)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    rng_file = directory / f"rng_rank{rank}.pt"
+    if not rng_file.is_file():
+        raise CheckpointNotFoundError(f"{directory} has no RNG state for rank {rank} ({rng_file.name})")
+    set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+    return dict(state["position"])
+
+
+def step_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete step checkpoints under output_dir/checkpoints, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()
+             and (p / "training_state.pt").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = step_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints (keep = 0 keeps everything)."""
+    if keep <= 0:
+        return
+    for path in step_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_trainable", "trainable_state_dict", "latest_checkpoint",
+           "step_checkpoints", "prune_checkpoints", "rng_state", "set_rng_state"]

@@ -1,0 +1,173 @@
+"""The set-prediction loss (DETR's SetCriterion): Hungarian-match slots to targets, then supervise
+
+    class      every slot's logit: matched = 1, unmatched = 0 ("no object"); sigmoid focal loss or BCE
+    presence   the presence logit: 1 iff the (image, instruction) has any target. This is what teaches a
+               no-target instruction to predict the empty set (the score is sigmoid(logit) * presence).
+    mask, dice matched slots' mask logits vs their target masks (sigmoid BCE + Dice)
+    bbox, giou matched slots' normalised xyxy boxes (L1 + generalized IoU)
+    semantic   SAM3's semantic-segmentation head vs the union of the targets (BCE + Dice; empty for a no-target
+               instruction): dense, matching-free supervision of the prompt-conditioned pixel features, as SAM3
+               trains it. Skipped when the output has no semantic_seg or its weight is 0.
+
+and the class / presence / box terms again on every earlier DETR-decoder layer (auxiliary losses, re-matched per
+layer without mask costs, as DETR re-matches each layer). Losses over targets are normalised by the number of
+targets in the global batch (averaged over DDP ranks), as DETR does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from .matcher import HungarianMatcher, get_field, resize_masks
+
+DEFAULT_WEIGHTS = {"class": 2.0, "presence": 2.0, "mask": 5.0, "dice": 5.0, "bbox": 5.0, "giou": 2.0,
+                   "semantic": 1.0}
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(M, P) logits vs (M, P) targets -> (M,) Dice loss."""
+    prob = logits.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def global_num_targets(targets: list[dict], device: torch.device) -> float:
+    """Targets in the batch, averaged over DDP ranks (so every rank normalises alike), at least 1."""
+    n = torch.tensor(float(sum(len(t["boxes"]) for t in targets)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return max(float(n), 1.0)
+
+
+class SetCriterion(nn.Module):
+    """Losses for InstanceSetOutput against per-sample targets.
+
+    targets: N dicts with "boxes" (T, 4) normalised xyxy and "masks" (T, H, W) bool/float (resized here to the
+        output's mask resolution by area interpolation, which keeps small objects' coverage).
+    weights: per-term weights (keys of DEFAULT_WEIGHTS); the auxiliary layers use the same weights.
+    class_loss: "focal" (sigmoid focal loss normalised by the number of targets, as Deformable DETR) or "bce"
+        (mean binary cross-entropy over all slots).
+    aux_loss: add class / presence / box losses for each earlier decoder layer when the output has them.
+    Returns a dict of unweighted terms (`loss_class`, ..., `loss_class_aux0`, ...) and the weighted sum `loss`.
+    """
+
+    def __init__(self, matcher: HungarianMatcher, weights: dict[str, float] | None = None, class_loss: str = "focal",
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True):
+        super().__init__()
+        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
+        if class_loss not in ("focal", "bce"):
+            raise ValueError(f"class_loss must be 'focal' or 'bce', got {class_loss!r}")
+        self.matcher = matcher
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.class_loss, self.focal_alpha, self.focal_gamma = class_loss, focal_alpha, focal_gamma
+        self.aux_loss = aux_loss
+
+    # ---- individual terms -------------------------------------------------------------------------------------
+    def loss_class(self, logits: torch.Tensor, indices, num_targets: float) -> torch.Tensor:
+        labels = torch.zeros_like(logits, dtype=torch.float32)
+        for n, (slots, _) in enumerate(indices):
+            labels[n, slots.to(logits.device)] = 1.0
+        if self.class_loss == "focal":
+            loss = sigmoid_focal_loss(logits.float(), labels, self.focal_alpha, self.focal_gamma, reduction="sum")
+            return loss / num_targets
+        return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+    @staticmethod
+    def loss_presence(presence_logits: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+        present = torch.tensor([float(len(t["boxes"]) > 0) for t in targets], device=presence_logits.device)
+        return F.binary_cross_entropy_with_logits(presence_logits.float(), present)
+
+    @staticmethod
+    def _matched(indices, device) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.cat([torch.full_like(s, n) for n, (s, _) in enumerate(indices)]).to(device)
+        slots = torch.cat([s for s, _ in indices]).to(device)
+        return batch, slots
+
+    def loss_boxes(self, boxes: torch.Tensor, targets: list[dict], indices,
+                   num_targets: float) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, slots = self._matched(indices, boxes.device)
+        if len(slots) == 0:
+            zero = boxes.sum() * 0.0  # keeps the graph connected (DDP) with a zero gradient
+            return zero, zero
+        src = boxes[batch, slots].float()
+        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src.device, torch.float32)
+        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_targets
+        loss_giou = generalized_box_iou_loss(src, tgt, reduction="sum") / num_targets
+        return loss_bbox, loss_giou
+
+    def loss_masks(self, mask_logits: torch.Tensor, targets: list[dict], indices,
+                   num_targets: float) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, slots = self._matched(indices, mask_logits.device)
+        if len(slots) == 0:
+            zero = mask_logits.sum() * 0.0
+            return zero, zero
+        src = mask_logits[batch, slots].float().flatten(1)
+        size = tuple(mask_logits.shape[-2:])
+        tgt = torch.cat([resize_masks(t["masks"][j].to(src.device), size) for t, (_, j) in zip(targets, indices)])
+        tgt = tgt.flatten(1)
+        loss_mask = F.binary_cross_entropy_with_logits(src, tgt, reduction="none").mean(1).sum() / num_targets
+        loss_dice = dice_loss(src, tgt).sum() / num_targets
+        return loss_mask, loss_dice
+
+    @staticmethod
+    def loss_semantic(semantic_logits: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+        """(N, 1, h, w) logits vs the union of each sample's target masks: mean BCE + mean Dice."""
+        size = tuple(semantic_logits.shape[-2:])
+        union = torch.stack([resize_masks(t["masks"].to(semantic_logits.device), size).amax(0)
+                             if len(t["masks"]) else semantic_logits.new_zeros(size, dtype=torch.float32)
+                             for t in targets]).flatten(1)
+        src = semantic_logits.float().flatten(1)
+        return F.binary_cross_entropy_with_logits(src, union) + dice_loss(src, union).mean()
+
+    # ---- all terms ----------------------------------------------------------------------------------------------
+    def _layer_losses(self, logits, boxes, presence_logits, targets, indices, num_targets) -> dict[str, torch.Tensor]:
+        loss_bbox, loss_giou = self.loss_boxes(boxes, targets, indices, num_targets)
+        return {"loss_class": self.loss_class(logits, indices, num_targets),
+                "loss_presence": self.loss_presence(presence_logits, targets),
+                "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    def forward(self, outputs, targets: list[dict]) -> dict[str, torch.Tensor]:
+        logits = get_field(outputs, "logits")
+        boxes = get_field(outputs, "boxes")
+        mask_logits = get_field(outputs, "mask_logits")
+        presence_logits = get_field(outputs, "presence_logits")
+        if len(targets) != len(logits):
+            raise ValueError(f"{len(targets)} targets for {len(logits)} predicted instance sets")
+        num_targets = global_num_targets(targets, logits.device)
+
+        indices = self.matcher(outputs, targets)
+        losses = self._layer_losses(logits, boxes, presence_logits, targets, indices, num_targets)
+        losses["loss_mask"], losses["loss_dice"] = self.loss_masks(mask_logits, targets, indices, num_targets)
+        semantic = get_field(outputs, "semantic_seg")
+        if semantic is not None and self.weights["semantic"] > 0:
+            losses["loss_semantic"] = self.loss_semantic(semantic, targets)
+
+        aux_logits, aux_boxes = get_field(outputs, "aux_logits"), get_field(outputs, "aux_boxes")
+        aux_presence = get_field(outputs, "aux_presence_logits")
+        if self.aux_loss and aux_logits is not None and aux_boxes is not None and aux_presence is not None:
+            # the last entry of the aux stacks is the final layer itself, already supervised above
+            for layer in range(aux_logits.shape[0] - 1):
+                layer_out = {"logits": aux_logits[layer], "boxes": aux_boxes[layer]}
+                layer_indices = self.matcher(layer_out, targets)
+                layer_losses = self._layer_losses(aux_logits[layer], aux_boxes[layer], aux_presence[layer],
+                                                  targets, layer_indices, num_targets)
+                losses.update({f"{k}_aux{layer}": v for k, v in layer_losses.items()})
+
+        total = sum(self.weights[self.term(name)] * value for name, value in losses.items())
+        losses["loss"] = total
+        return losses
+
+    @staticmethod
+    def term(name: str) -> str:
+        """'loss_bbox_aux0' -> 'bbox'."""
+        return name.removeprefix("loss_").split("_aux")[0]
+
+
+__all__ = ["SetCriterion", "DEFAULT_WEIGHTS", "dice_loss", "global_num_targets"]

@@ -1,0 +1,153 @@
+"""Datasets, batching and collation for training and evaluation.
+
+A batch is a few *images*, each carrying all its instructions (an "image group"): the images are encoded once and
+one batched `segment` call covers every instruction, each with its own task template (encode once, segment many).
+
+Data specs (used by the trainer's YAML and the evaluate command):
+    synthetic:SPLIT[:N]     the in-memory synthetic Inst2Seg split (instructsam.data.synthetic), N samples
+                            (instructions; default 800 = 200 images x 4)
+    inst2seg:DIR[:SPLIT]    an Inst2Seg directory on disk (default split "test")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.format import InstructionSample
+from ..data.inst2seg import Inst2SegDataset
+from ..data.synthetic import SPLITS, SyntheticInst2Seg
+
+DEFAULT_SYNTHETIC_SAMPLES = 800
+
+
+def build_dataset(spec: str, image_size: int = 128, seed: int = 0):
+    """A dataset (indexable -> InstructionSample) from a data spec string (see the module docstring)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "synthetic":
+        split, _, count = rest.partition(":")
+        if split not in SPLITS:
+            raise ValueError(f"data spec {spec!r}: unknown synthetic split {split!r}; expected one of {SPLITS}")
+        try:
+            size = int(count) if count else DEFAULT_SYNTHETIC_SAMPLES
+        except ValueError:
+            raise ValueError(f"data spec {spec!r}: sample count {count!r} is not an integer") from None
+        if size <= 0:
+            raise ValueError(f"data spec {spec!r}: sample count must be positive, got {size}")
+        return SyntheticInst2Seg(split, size=size, image_size=image_size, seed=seed)
+    if kind == "inst2seg":
+        root, _, split = rest.rpartition(":") if ":" in rest else (rest, "", "test")
+        if not root:
+            raise ValueError(f"data spec {spec!r}: expected inst2seg:DIR[:SPLIT]")
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"data spec {spec!r}: Inst2Seg directory {root!r} does not exist")
+        return Inst2SegDataset(root, split or "test")
+    raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]' or 'inst2seg:DIR[:SPLIT]'")
+
+
+def image_groups(dataset) -> list[list[int]]:
+    """Sample indices grouped by image, in dataset order (without decoding any image)."""
+    if isinstance(dataset, SyntheticInst2Seg):
+        k, n = dataset.instructions_per_image, len(dataset)
+        return [list(range(start, min(start + k, n))) for start in range(0, n, k)]
+    if isinstance(dataset, Inst2SegDataset):
+        groups: dict[int, list[int]] = {}
+        for i, ins in enumerate(dataset.instructions):
+            groups.setdefault(ins["image_id"], []).append(i)
+        return list(groups.values())
+    return [[i] for i in range(len(dataset))]  # unknown dataset: one instruction per image
+
+
+@dataclass
+class Batch:
+    """M images and N >= M instructions on them (image_index[n] = the image of instruction n)."""
+
+    images: list[np.ndarray]
+    instructions: list[str]
+    tasks: list[str]
+    image_index: list[int]
+    targets: list[dict]  # per instruction: masks (T, H, W) bool tensor, boxes (T, 4) normalised xyxy float32
+    samples: list[InstructionSample] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+
+def sample_target(sample: InstructionSample) -> dict:
+    """Training target of one sample: masks at the original resolution, boxes normalised by the image size."""
+    h, w = sample.image.shape[:2]
+    scale = np.array([w, h, w, h], dtype=np.float32)
+    boxes = torch.from_numpy(np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4) / scale).clamp_(0.0, 1.0)
+    return {"masks": torch.from_numpy(np.asarray(sample.masks, dtype=bool)), "boxes": boxes}
+
+
+def collate_groups(dataset, groups: list[list[int]]) -> Batch:
+    images, instructions, tasks, image_index, targets, samples = [], [], [], [], [], []
+    for g, indices in enumerate(groups):
+        group = [dataset[i] for i in indices]
+        images.append(group[0].image)
+        for sample in group:
+            if sample.image_id != group[0].image_id:
+                raise ValueError(f"image group {indices} mixes images {group[0].image_id} and {sample.image_id}")
+            instructions.append(sample.text)
+            tasks.append(sample.task or "referring")
+            image_index.append(g)
+            targets.append(sample_target(sample))
+            samples.append(sample)
+    return Batch(images, instructions, tasks, image_index, targets, samples)
+
+
+class GroupBatches(torch.utils.data.Dataset):
+    """Batch b = collated image groups `batches[b]`; a pure function of b, so any DataLoader worker can build it."""
+
+    def __init__(self, dataset, batches: list[list[list[int]]]):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> Batch:
+        return collate_groups(self.dataset, self.batches[b])
+
+
+def epoch_batches(num_groups: int, images_per_batch: int, epoch: int, seed: int, rank: int = 0,
+                  world_size: int = 1, shuffle: bool = True) -> list[list[int]]:
+    """This rank's batches of group indices for one epoch (DistributedSampler-like deterministic sharding).
+
+    The group order is a permutation seeded by (seed, epoch); consecutive chunks of `images_per_batch` groups
+    are dealt to the ranks in turn. The remainder that would leave some rank without a full batch is dropped,
+    so every rank runs the same number of steps. A pure function of its arguments: resuming mid-epoch just skips
+    the batches already done.
+    """
+    if images_per_batch < 1:
+        raise ValueError(f"images_per_batch must be >= 1, got {images_per_batch}")
+    order = np.arange(num_groups)
+    if shuffle:
+        order = np.random.default_rng([int(seed), int(epoch)]).permutation(num_groups)
+    per_step = images_per_batch * world_size
+    steps = num_groups // per_step
+    if steps == 0:
+        raise ValueError(f"{num_groups} images cannot fill one step of {images_per_batch} images x {world_size} "
+                         f"rank(s); lower images_per_batch or use more data")
+    return [order[(s * world_size + rank) * images_per_batch:(s * world_size + rank + 1) * images_per_batch].tolist()
+            for s in range(steps)]
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def make_loader(dataset, groups: list[list[int]], batch_groups: list[list[int]], num_workers: int = 0):
+    """A DataLoader over ready-made batches (lists of group indices). It gets its own torch.Generator so creating
+    it never draws from the global RNG (which exact resume restores)."""
+    batches = [[groups[g] for g in batch] for batch in batch_groups]
+    return torch.utils.data.DataLoader(GroupBatches(dataset, batches), batch_size=None, shuffle=False,
+                                       num_workers=num_workers, collate_fn=_identity,
+                                       generator=torch.Generator().manual_seed(0),
+                                       persistent_workers=False)
+
+
+__all__ = ["Batch", "build_dataset", "image_groups", "sample_target", "collate_groups", "epoch_batches",
+           "make_loader", "GroupBatches", "DEFAULT_SYNTHETIC_SAMPLES"]
