@@ -75,6 +75,15 @@ def test_bad_images(model, image, message):
     assert isinstance(err.value, ValueError)
 
 
+def test_features_encoded_without_the_vlm_are_refused_by_segment(model):
+    image = random_images(1)[0]
+    partial = model.encode_image(image, vlm=False)
+    assert partial.vlm_image_embeds is None
+    torch.testing.assert_close(partial.sam3.last_hidden_state, model.encode_image(image).sam3.last_hidden_state)
+    with pytest.raises(ValueError, match="encoded without the VLM part"):
+        model.segment(partial, ["the red circle"])
+
+
 def test_missing_checkpoint_directory(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(CheckpointNotFoundError, match="nowhere.*does not exist") as err:

@@ -160,26 +160,30 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
         return torch.enable_grad() if trainable else torch.no_grad()
 
-    def encode_image(self, images: ImagesInput) -> ImageFeatures:
+    def encode_image(self, images: ImagesInput, vlm: bool = True) -> ImageFeatures:
         """Image features for both the VLM and SAM3, computed once per image.
 
         images: uint8 RGB (H, W, 3), a list of them (any sizes) or a (B, H, W, 3) uint8 tensor. Each is resized
         (stretched) to the square model inputs: config.vlm_image_size for the VLM, config.image_size for SAM3.
+        vlm: False skips the VLM's vision tower, for frames only SAM3's tracker will see (`segment` then refuses
+        the features).
         """
         imgs = to_image_list(images)
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in imgs]
         cfg, device = self.config, self.device
-        visual = self.vlm.model.visual
-        vc = cfg.vlm_config.vision_config
-        with self._grad_context(visual):
-            pixels = to_square_pixels(imgs, cfg.vlm_image_size, cfg.vlm_image_mean, cfg.vlm_image_std, device,
-                                      visual.dtype)
-            patches, grid_thw = patchify_for_qwen(pixels, vc.patch_size, vc.spatial_merge_size,
-                                                  vc.temporal_patch_size)
-            vis = visual(patches, grid_thw=grid_thw)
-            m = len(imgs)
-            image_embeds = vis.pooler_output.reshape(m, -1, vis.pooler_output.shape[-1])
-            deepstack = [d.reshape(m, -1, d.shape[-1]) for d in vis.deepstack_features]
+        image_embeds = deepstack = grid_thw = None
+        if vlm:
+            visual = self.vlm.model.visual
+            vc = cfg.vlm_config.vision_config
+            with self._grad_context(visual):
+                pixels = to_square_pixels(imgs, cfg.vlm_image_size, cfg.vlm_image_mean, cfg.vlm_image_std, device,
+                                          visual.dtype)
+                patches, grid_thw = patchify_for_qwen(pixels, vc.patch_size, vc.spatial_merge_size,
+                                                      vc.temporal_patch_size)
+                vis = visual(patches, grid_thw=grid_thw)
+                m = len(imgs)
+                image_embeds = vis.pooler_output.reshape(m, -1, vis.pooler_output.shape[-1])
+                deepstack = [d.reshape(m, -1, d.shape[-1]) for d in vis.deepstack_features]
         with self._grad_context(self.detector.vision_encoder):
             sam_pixels = to_square_pixels(imgs, cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std, device,
                                           self.detector.dtype)
@@ -325,6 +329,9 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             instruction; default config.template_task.
         reuse_prefix: run the image prefix once per image and reuse its KV cache for every instruction.
         """
+        if features.vlm_image_embeds is None:
+            raise ValueError("these image features were encoded without the VLM part (encode_image(..., vlm=False));"
+                             " encode with vlm=True to segment")
         tokens = self.prompts.encode(instructions, task if task is not None else self.config.template_task)
         index = self._image_index(features, len(instructions), image_index)
         hidden, offset = self.language_model_pass(features, tokens, index, reuse_prefix)

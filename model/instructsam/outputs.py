@@ -27,9 +27,9 @@ class ImageFeatures:
         by later ones on the same features (an instruction switch then skips the image tokens).
     """
 
-    vlm_image_embeds: torch.Tensor
-    vlm_deepstack: list[torch.Tensor]
-    vlm_grid_thw: torch.Tensor
+    vlm_image_embeds: torch.Tensor | None  # None when encoded with vlm=False (tracking-only frames)
+    vlm_deepstack: list[torch.Tensor] | None
+    vlm_grid_thw: torch.Tensor | None
     sam3: Sam3VisionEncoderOutput
     original_sizes: list[tuple[int, int]]
     tracker: dict[int, dict[str, list[torch.Tensor]]] = field(default_factory=dict)

@@ -239,8 +239,8 @@ class FramePipeline:
         if not reason and not len(cam.tracker.tracks):  # nothing to track until the next keyframe: no model work
             height, width = pending.image.shape[:2]
             tracks = []
-        else:  # encode once; the detector and the tracker both use these features
-            features = model.encode_image(pending.image)
+        else:  # encode once; the detector and the tracker both use these features (the VLM's only on keyframes)
+            features = model.encode_image(pending.image, vlm=bool(reason))
             height, width = features.original_sizes[0]
             tracks = self._detect_or_track(cam, features, instruction, settings, reason)
             del features  # nothing of this frame's tensors outlives the step (the session keeps its own copy)
