@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from instructsam.data.synthetic import write_split
-from instructsam.evaluation.evaluate import limit_groups, main, score_predictions
+from instructsam.evaluation.calibrate import main as calibrate_main
+from instructsam.evaluation.evaluate import evaluate_model, limit_groups, main, score_predictions
 from instructsam.modeling import InstructSAMModel
 from instructsam.outputs import Prediction
 from instructsam.training.data import build_dataset, collate_groups, image_groups
@@ -95,3 +97,18 @@ def test_limit_groups_and_inst2seg_data_spec(tmp_path):
     assert len(ds) == 8 and image_groups(ds) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_dataset(f"inst2seg:{tmp_path / 'missing'}:val")
+
+
+def test_calibration_picks_the_best_validation_setting_and_writes_it(test_model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(test_model, ckpt)
+    best = calibrate_main(["--checkpoint", str(ckpt), "--data", "synthetic:val:8", "--write", "--threads", "1"])
+    # the chosen setting is the best of an independent re-evaluation at that setting and at the defaults
+    model = InstructSAMModel.from_pretrained(ckpt)
+    assert model.config.score_threshold == best["score_threshold"]
+    assert model.config.crop_masks_to_boxes == best["crop_masks_to_boxes"]
+    chosen, _ = evaluate_model(model, build_dataset("synthetic:val:8"), num_overlays=0)
+    assert chosen["gIoU"] == pytest.approx(best["gIoU"])
+    model.config.score_threshold, model.config.crop_masks_to_boxes = 0.5, False
+    default, _ = evaluate_model(model, build_dataset("synthetic:val:8"), num_overlays=0)
+    assert chosen["gIoU"] >= default["gIoU"]
