@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = REPO.parent / "shared" / "realdata"
+# CI clones the repository with shared/ beside it; INSTRUCTSAM_REALDATA points elsewhere if needed.
+REALDATA = Path(os.environ.get("INSTRUCTSAM_REALDATA", REPO.parent / "shared" / "realdata"))
 
 # Every pytest session talks on its own DDS domain, on this host only, so parallel runs
 # (a developer's and CI's) never hear each other. Child processes inherit it.
