@@ -17,10 +17,33 @@ STATE_CODES = {name: code for code, name in STATE_NAMES.items()}
 
 
 def encode_mask(mask: np.ndarray) -> tuple[str, list[float]]:
-    """(H, W) bool mask -> (compressed COCO RLE counts, [x, y, w, h] box)."""
+    """(H, W) bool mask -> (compressed COCO RLE counts, [x, y, w, h] box); the same string as
+    `pycocotools.mask.encode(np.asfortranarray(mask))`, about 5x faster on a 640x480 instance mask.
+
+    COCO RLE runs down the columns. Copying the whole mask into that (Fortran) order was most of the cost of a
+    message (benchmarks: node overhead), so only the columns that hold the mask are transposed and run-length
+    coded here; the all-zero columns left and right of them become part of the first and last zero runs, and
+    pycocotools compresses the counts."""
     if mask.ndim != 2:
         raise ValueError(f"a mask must be 2-D (H, W), got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    h, w = mask.shape
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(cols) == 0:
+        counts = [h * w]
+    else:
+        x0, x1 = int(cols[0]), int(cols[-1]) + 1
+        flat = np.ascontiguousarray(mask[:, x0:x1].T).reshape(-1).astype(bool, copy=False)
+        edges = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]))
+        runs = np.diff(edges)
+        if flat[0]:  # RLE counts start with a (possibly empty) run of zeros
+            runs = np.concatenate(([0], runs))
+        runs[0] += x0 * h
+        if not flat[-1]:
+            runs[-1] += (w - x1) * h
+        elif x1 < w:
+            runs = np.concatenate((runs, [(w - x1) * h]))
+        counts = runs.tolist()
+    rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     return rle["counts"].decode("ascii"), [float(v) for v in mask_utils.toBbox(rle)]
 
 
