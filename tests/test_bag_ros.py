@@ -127,7 +127,9 @@ def test_evaluator_metrics_equal_the_live_nodes(tmp_path):
     schedule = InstructionSchedule.load(made.schedule)
     gt = load_ground_truth(made.ground_truth)
     ckpt = checkpoint()
-    overrides = dict(SETTINGS, num_threads=1)
+    # 0.02: below the top scores of both the random tiny model and the (barely trained) shipped one, so real masks
+    # are compared whichever checkpoint() returns
+    overrides = dict(SETTINGS, score_threshold=0.02, num_threads=1)
 
     # the evaluator, with the pipeline settings the node reads from its parameter file and -p overrides
     params = dict(node_params(str(PARAMS_FILE)), **overrides)

@@ -136,10 +136,10 @@ class FailsOnFrame:
     def __init__(self, model, image):
         self._model, self._image = model, image
 
-    def encode_image(self, images):
+    def encode_image(self, images, **kwargs):
         if isinstance(images, np.ndarray) and np.array_equal(images, self._image):
             raise RuntimeError("boom")
-        return self._model.encode_image(images)
+        return self._model.encode_image(images, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
