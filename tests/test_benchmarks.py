@@ -50,6 +50,11 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
         assert (out / plot).stat().st_size > 1000
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Targets" in md and "python -m instructsam.benchmarks" in md and "![stream_rss]" in md
+    # the tracked frame is measured as the pipeline runs it (ViT + tracker neck): no projection beside it
+    paths = results["sections"]["paths"]["tiny"]
+    assert paths["encode_tracker_inputs"]["median_ms"] > 0 and "tracked-frame encode" in md
+    assert set(paths["ratios"]) == {"switch_vs_cold", "tracked_vs_keyframe"}
+    assert not any("projected" in k for k in paths) and "projected" not in md
 
 
 def test_shape_only_flop_count_equals_the_real_count():
@@ -76,9 +81,11 @@ def test_shape_only_flop_count_equals_the_real_count():
 
 
 def test_tracker_flops_are_counted_under_inference_mode():
-    """SAM3's tracker runs under torch.inference_mode, where composite ops reach a dispatch mode undecomposed."""
+    """SAM3's tracker runs under torch.inference_mode, where composite ops reach a dispatch mode undecomposed. A
+    tracked frame runs SAM3's ViT and the tracker only, and section 6 attributes all of it to its components."""
     from instructsam.benchmarks.common import moving_shapes, run_frames, tracking_pipeline
     from instructsam.benchmarks.flops import count_flops
+    from instructsam.benchmarks.full_size import by_component
 
     model = load_tiny()
     pipeline = tracking_pipeline(model, num_objects=2, keyframe_interval=100)
@@ -87,8 +94,14 @@ def test_tracker_flops_are_counted_under_inference_mode():
     assert first.keyframe and len(first.instances) >= 1, first  # random weights: a slot's mask may be empty
     count, results = count_flops(lambda: run_frames(pipeline, frames, 1, start=1))
     assert not results[0].keyframe and len(results[0].instances) == len(first.instances)
-    assert count.top_level().get("Sam3TrackerVideoModel", 0) > 0
-    assert "Qwen3VLTextModel" not in count.top_level()  # a tracked frame does not run the language model
+    top = count.top_level()
+    assert top.get("Sam3TrackerVideoModel", 0) > 0
+    assert "Qwen3VLTextModel" not in top  # a tracked frame does not run the language model
+    assert "Qwen3VLVisionModel" not in top  # nor the VLM vision tower
+    assert count.get("Sam3VisionModel.neck") == 0 and "Sam3VisionModel" not in top  # nor the detector FPN neck
+    components = by_component(count)
+    assert components["SAM3 ViT"] > 0 and components["SAM3 tracker"] > 0
+    assert "other" not in components and "SAM3 detector FPN neck" not in components, components
 
 
 def test_memory_tracker_follows_storages_not_rss():

@@ -4,13 +4,11 @@ real (partly malformed) rosbag2 files in ../shared/realdata/rosbags/."""
 from __future__ import annotations
 
 import array
-import io
 import time
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image as PILImage
 
 from instructsam.errors import ImageInputError
 from instructsam.pipeline.image_decode import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from instructsam.pipeline.instructions import InstructionBook, InstructionRejected

@@ -393,3 +393,55 @@ def test_diagnostics_report_rates_latency_device_and_errors(client):
     assert front["device"] == "cpu (float32)" and float(front["latency_p95_ms"]) >= float(front["latency_p50_ms"]) > 0
     node_status = client.diagnostic(": node", since=mark)
     assert node_status["state"] == "active" and node_status["model"] == str(tiny_dir())
+
+
+def test_publishing_ten_times_faster_than_processing_for_ten_seconds_drops_stale_frames(client):
+    """Frames published 10x faster than the node processes them, for 10 s: the node never works through a backlog
+    (every result is for a frame younger than two processing periods when its result arrives) and diagnostics
+    count the dropped frames."""
+    import time
+
+    assert set_instruction(client, id="flood", text="the red circle", camera="front").success
+    warm = [send(client, "front", rgb_image_msg(FRONT[t % len(FRONT)], f"warm-{t}")) for t in range(6)]
+    period_s = max(float(np.median([r.processing_ms for r in warm])), 1.0) / 1e3
+    results = client.results["front"]
+    start_index, mark = len(results), len(client.diagnostics)
+    published: dict[str, float] = {}
+    received: dict[str, float] = {}
+    interval = period_s / 10
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < 10.0:
+        frame_id = f"flood-{n}"
+        client.image_pubs["front"].publish(rgb_image_msg(FRONT[n % len(FRONT)], frame_id))
+        published[frame_id] = time.monotonic()
+        n += 1
+        next_time = t0 + n * interval
+        while True:  # receive results while waiting for the next publication time
+            client.executor.spin_once(timeout_sec=0)
+            for r in results[start_index:]:
+                received.setdefault(r.header.frame_id, time.monotonic())
+            if time.monotonic() >= next_time:
+                break
+    def note_arrivals() -> bool:
+        for r in results[start_index:]:
+            received.setdefault(r.header.frame_id, time.monotonic())
+        return False
+
+    client.spin_until(note_arrivals, 2 * period_s + 0.5)  # the frame in progress when publishing stopped
+    flood = [r for r in results[start_index:] if r.header.frame_id.startswith("flood-")]
+    assert n >= 50 and len(flood) >= 10, (n, len(flood))
+    assert len(flood) < n / 3, "the node cannot have processed most frames published 10x faster than it works"
+    # the node's processing period is the time between consecutive results; the frame of result j was the newest
+    # one when its processing began, so it is about one period old when the result arrives, never two
+    arrivals = [received[r.header.frame_id] for r in flood]
+    for j in range(1, len(flood)):
+        period = arrivals[j] - arrivals[j - 1]
+        age = arrivals[j] - published[flood[j].header.frame_id]
+        assert age < 2 * period + 0.05, (flood[j].header.frame_id, age, period)
+    after = len(client.diagnostics)  # a report covering the whole flood
+    diag = client.diagnostic(": front", lambda v: v["instruction_id"] == "flood", since=after, timeout=5.0)
+    print("diagnostics after the flood:", diag)
+    dropped, received_count, processed = int(diag["dropped"]), int(diag["received"]), int(diag["processed"])
+    assert dropped >= 5 * len(flood), (dropped, len(flood), n)  # published 10x faster than processed
+    assert received_count - processed >= dropped - 1, diag

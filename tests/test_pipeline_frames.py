@@ -79,10 +79,10 @@ def test_new_instruction_makes_the_very_next_step_a_keyframe_with_a_new_instance
 def test_each_frame_is_encoded_once_and_shared_by_detector_and_tracker(model, video):
     """Forward hooks count the encoders: one SAM3 ViT pass and one tracker-neck pass per processed frame, on
     keyframes (detector + two tracker passes), tracked frames and an instruction switch; the VLM's vision tower
-    only on keyframes (a tracked frame needs only SAM3's features)."""
-    counts = {"vit": 0, "vlm_vision": 0, "tracker_neck": 0}
-    modules = {"vit": model.detector.vision_encoder, "vlm_vision": model.vlm.model.visual,
-               "tracker_neck": model.sam3.tracker_neck}
+    and SAM3's detector FPN neck only on keyframes (a tracked frame needs only the ViT and the tracker's neck)."""
+    counts = {"vit": 0, "vlm_vision": 0, "tracker_neck": 0, "detector_neck": 0}
+    modules = {"vit": model.detector.vision_encoder.backbone, "vlm_vision": model.vlm.model.visual,
+               "tracker_neck": model.sam3.tracker_neck, "detector_neck": model.detector.vision_encoder.neck}
     hooks = [m.register_forward_hook(lambda *_, k=k: counts.__setitem__(k, counts[k] + 1)) for k, m in modules.items()]
     try:
         p = FramePipeline(model, ["cam"], PipelineSettings(keyframe_interval=3, lost_patience=100, **DETECT_ALL))
@@ -94,7 +94,8 @@ def test_each_frame_is_encoded_once_and_shared_by_detector_and_tracker(model, vi
             p.submit("cam", video.frames[t])
             reasons.append(p.step("cam").keyframe_reason)
             keyframes = sum(bool(r) for r in reasons)  # the VLM's vision tower runs on keyframes only
-            assert counts == {"vit": t + 1, "vlm_vision": keyframes, "tracker_neck": t + 1}, (t, counts)
+            assert counts == {"vit": t + 1, "vlm_vision": keyframes, "tracker_neck": t + 1,
+                              "detector_neck": keyframes}, (t, counts)
     finally:
         for h in hooks:
             h.remove()
@@ -103,7 +104,7 @@ def test_each_frame_is_encoded_once_and_shared_by_detector_and_tracker(model, vi
 
 def test_tracked_frames_without_tracks_do_no_model_work(model, video):
     vit_calls = []
-    hook = model.detector.vision_encoder.register_forward_hook(lambda *_: vit_calls.append(1))
+    hook = model.detector.vision_encoder.backbone.register_forward_hook(lambda *_: vit_calls.append(1))
     try:
         p = FramePipeline(model, ["cam"], PipelineSettings(keyframe_interval=3, score_threshold=0.99))
         p.instructions.set("every solid disk")

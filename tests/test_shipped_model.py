@@ -24,3 +24,71 @@ def test_shipped_checkpoint_reproduces_the_recorded_test_metrics():
     assert summary["num_samples"] == recorded["num_samples"] == 800
     for key in ("mAP", "AP50", "gIoU", "cIoU", "N-acc", "T-acc", "mIoU"):
         assert summary[key] == pytest.approx(recorded[key], abs=0.01), key
+
+
+TRACKER_RECORD = REPO / "docs" / "shipped_model_eval" / "tracker" / "metrics.json"
+
+
+def test_shipped_tracker_reproduces_the_recorded_jf():
+    """README's tracker J&F comes from `python -m instructsam.evaluation.tracker --checkpoint
+    checkpoints/instructsam-tiny --data synthetic_video:test:30 --out docs/shipped_model_eval/tracker`."""
+    from instructsam.evaluation.tracker import evaluate_tracker
+
+    recorded = json.loads(TRACKER_RECORD.read_text())
+    torch.set_num_threads(2)
+    model = load_model(CHECKPOINT).eval()
+    videos = build_dataset(recorded["data"], clip_frames=recorded["frames_per_video"])
+    summary = evaluate_tracker(model, videos, progress=False)
+    assert summary["objects"] == recorded["objects"] > 0
+    for key in ("J&F", "J", "F"):
+        assert summary[key] == pytest.approx(recorded[key], abs=0.01), key
+
+
+def test_shipped_tracker_keeps_a_moving_objects_id_for_20_frames():
+    """The tracking half of "a moving object keeps its track id for >= 20 frames", with the shipped model: the
+    object's mask on the first frame stands in for the keyframe detection (the shipped detector is below its
+    targets, see tests/test_pipeline_shipped.py), then the pipeline's CameraTracker carries it with SAM3's tracker
+    alone (no further keyframe) over the next 29 frames. The same id must stay on a moving object that stays in view
+    for >= 20 consecutive frames: its mask overlaps that object more than any other, with at
+    least the IoU from which the pipeline's next keyframe continues a track (match_iou, 0.3). (The tiny tracker's
+    masks are still loose, J ~ 0.2-0.5, so IoU 0.5 is not asked; docs/shipped_model_eval/tracker has its J&F.)"""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from instructsam.data.synthetic import SyntheticVideos
+    from instructsam.pipeline.frame_pipeline import PipelineSettings
+    from instructsam.pipeline.tracking import CameraTracker, mask_box, mask_iou
+
+    torch.set_num_threads(2)
+    model = load_model(CHECKPOINT).eval()
+    s = PipelineSettings()
+    runs = []
+    for video in SyntheticVideos("val", size=8, num_frames=30):
+        objects = sorted(video.masks)
+        for k, masks in video.masks.items():
+            if not masks.any(axis=(1, 2)).all():
+                continue  # out of view (or fully occluded) on some frame
+            if np.ptp(video.centers[k], axis=0).max() <= 10:
+                continue  # not moving
+            tracker = CameraTracker()
+            with torch.no_grad():
+                first = tracker.keyframe(
+                    model, model.encode_image(video.frames[0], vlm=False),
+                    SimpleNamespace(masks=masks[:1], scores=np.ones(1, np.float32), boxes=mask_box(masks[0])[None]),
+                    mask_threshold=s.mask_threshold, match_iou=s.match_iou, nms_iou=s.nms_iou,
+                    max_tracked=s.max_tracked, lost_patience=30)
+                key, run = first[0].key, 1
+                for t in range(1, video.num_frames):
+                    tracks = tracker.track(model, model.encode_image(video.frames[t], vlm=False),
+                                           mask_threshold=s.mask_threshold, nms_iou=s.nms_iou, lost_patience=30)
+                    same = [tr for tr in tracks if tr.key == key and tr.state != "lost"]
+                    if not same:
+                        break
+                    ious = mask_iou(np.stack([video.masks[o][t] for o in objects]), same[0].mask[None])[:, 0]
+                    if objects[int(ious.argmax())] != k or ious.max() < s.match_iou:
+                        break
+                    run += 1
+            runs.append(run)
+    assert len(runs) >= 5, f"too few moving objects that stay in view: {len(runs)}"
+    assert max(runs) >= 20, f"frames each object kept its id: {runs}"

@@ -16,7 +16,6 @@ import time
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
@@ -24,6 +23,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from instructsam_ros.demo import scene
+from instructsam_ros.demo.process import run_node
 from instructsam_ros.overlay import rgb_image_message
 
 NODE_NAME = "demo_camera"
@@ -104,30 +104,17 @@ class DemoCamera(Node):
             self.get_logger().info(f"published all {self.frames} frames" + ("; looping" if self.loop else ""))
 
 
+def _spin_until_done(executor, node: "DemoCamera") -> int:
+    while rclpy.ok() and not node.done:
+        executor.spin_once(timeout_sec=0.1)
+    if node.failed:
+        return 1
+    time.sleep(0.5)  # the last best-effort frame is on its way before the publisher goes
+    return 0
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    code = 0
-    node = None
-    try:
-        node = DemoCamera()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while rclpy.ok() and not node.done:
-            executor.spin_once(timeout_sec=0.1)
-        if node.failed:
-            code = 1
-        else:
-            time.sleep(0.5)  # the last best-effort frame is on its way before the publisher goes
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as err:  # bad parameters
-        print(f"[{NODE_NAME}] error: {err}", file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(NODE_NAME, DemoCamera, args, spin=_spin_until_done)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,14 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from instructsam_ros.demo import scene
+from instructsam_ros.demo.process import run_node
 from instructsam_ros.msg import InstanceMaskArray, Instruction
 from instructsam_ros.node import INSTRUCTION_QOS, NODE_NAME as SEGMENTATION_NODE
 
@@ -109,24 +108,7 @@ class DemoPlanner(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    code = 0
-    node = None
-    try:
-        node = DemoPlanner()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as err:
-        print(f"[{NODE_NAME}] error: {err}", file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(NODE_NAME, DemoPlanner, args)
 
 
 if __name__ == "__main__":

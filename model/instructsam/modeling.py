@@ -34,7 +34,7 @@ from .outputs import ImageFeatures, InstanceSetOutput, Prediction
 from .postprocess import postprocess_instance_sets
 from .preprocess import ImagesInput, patchify_for_qwen, to_image_list, to_square_pixels
 from .prompting import PromptBuilder, TokenizedInstructions
-from .sam3_queries import QueryProjector, detect_with_queries, select_vision
+from .sam3_queries import QueryProjector, Sam3VisionEncoderOutput, detect_with_queries, select_vision
 
 
 class InstructSAMPreTrainedModel(PreTrainedModel):
@@ -125,6 +125,9 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         for part in (self.sam3, self.vlm.model.visual):
             if not any(p.requires_grad for p in part.parameters()):
                 part.eval()
+        # SAM3's tracker is trained through the streaming path the pipeline runs (`run_tracker`), which in
+        # transformers computes object scores and binarises prompt masks only in eval mode: train as it infers
+        self.sam3.tracker_model.eval()
         return self
 
     # ---- persistence ----------------------------------------------------------------------------------------
@@ -165,8 +168,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
 
         images: uint8 RGB (H, W, 3), a list of them (any sizes) or a (B, H, W, 3) uint8 tensor. Each is resized
         (stretched) to the square model inputs: config.vlm_image_size for the VLM, config.image_size for SAM3.
-        vlm: False skips the VLM's vision tower, for frames only SAM3's tracker will see (`segment` then refuses
-        the features).
+        vlm: False skips the VLM's vision tower and SAM3's detector FPN neck, for frames only SAM3's tracker will
+        see (it reads the ViT output through its own neck; `segment` then refuses the features).
         """
         imgs = to_image_list(images)
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in imgs]
@@ -187,7 +190,11 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         with self._grad_context(self.detector.vision_encoder):
             sam_pixels = to_square_pixels(imgs, cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std, device,
                                           self.detector.dtype)
-            sam3_vision = self.detector.get_vision_features(pixel_values=sam_pixels)
+            if vlm:
+                sam3_vision = self.detector.get_vision_features(pixel_values=sam_pixels)
+            else:  # only the tracker reads these, through its own neck: skip the detector's FPN neck too
+                backbone = self.detector.vision_encoder.backbone(sam_pixels)
+                sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=backbone.last_hidden_state)
         return ImageFeatures(vlm_image_embeds=image_embeds, vlm_deepstack=deepstack, vlm_grid_thw=grid_thw,
                              sam3=sam3_vision, original_sizes=sizes)
 
@@ -202,18 +209,26 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             features.tracker[index] = {"vision_feats": feats, "vision_pos_embeds": pos}
         return features.tracker[index]
 
-    @torch.no_grad()
-    def tracker_step(self, session, features: ImageFeatures, index: int = 0):
-        """Run SAM3's tracker on the next frame of a streaming `Sam3TrackerVideoInferenceSession`, on image
-        `index` of `features` (the ViT is not re-run). Returns (tracker output, frame_idx).
+    def run_tracker(self, session, frame_idx: int):
+        """SAM3's tracker on frame `frame_idx` of a streaming `Sam3TrackerVideoInferenceSession` whose features for
+        that frame are cached (see `tracker_step`). transformers runs the tracker under `torch.inference_mode`;
+        when gradients are enabled and tracker weights are trainable (tracker training) the same undecorated
+        forward runs with autograd, so training and inference share one computation."""
+        # our tracker has no vision encoder and reads only the cached features, so a 1-pixel placeholder stands in
+        # for the frame (passing one, with the explicit index, keeps the tracker in streaming mode)
+        kwargs = dict(inference_session=session, frame_idx=frame_idx, frame=torch.zeros(3, 1, 1, device=self.device))
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.tracker.parameters()):
+            return type(self.tracker).forward.__wrapped__(self.tracker, **kwargs)
+        return self.tracker(**kwargs)
 
-        The session is owned by the caller (the video pipeline), as in SAM2's predictors. It must be told about
-        a frame, but our tracker has no vision encoder and reads only the cached features, so a 1-pixel
-        placeholder is registered instead of the image (the session keeps every registered frame)."""
+    def tracker_step(self, session, features: ImageFeatures, index: int = 0):
+        """Register image `index` of `features` as the next frame of a streaming `Sam3TrackerVideoInferenceSession`
+        and run SAM3's tracker on it (the ViT is not re-run). Returns (tracker output, frame_idx).
+
+        The session is owned by the caller (the video pipeline), as in SAM2's predictors."""
         frame_idx = session.num_frames or 0
         session.cache.cache_vision_features(frame_idx, self.tracker_features(features, index))
-        placeholder = torch.zeros(3, 1, 1, device=self.device)
-        return self.tracker(inference_session=session, frame_idx=frame_idx, frame=placeholder), frame_idx
+        return self.run_tracker(session, frame_idx), frame_idx
 
     # ---- language model -------------------------------------------------------------------------------------
     def _embed_suffix(self, tokens: TokenizedInstructions) -> torch.Tensor:

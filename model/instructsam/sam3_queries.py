@@ -39,10 +39,11 @@ class DetectorOutput:
 
 def select_vision(vision: Sam3VisionEncoderOutput, index: torch.Tensor) -> Sam3VisionEncoderOutput:
     """SAM3 vision features of the images `index` points at (one entry per prompt)."""
+    fpn, pos = vision.fpn_hidden_states, vision.fpn_position_encoding  # None on tracker-only features
     return Sam3VisionEncoderOutput(
         last_hidden_state=vision.last_hidden_state[index],
-        fpn_hidden_states=tuple(f[index] for f in vision.fpn_hidden_states),
-        fpn_position_encoding=tuple(p[index] for p in vision.fpn_position_encoding),
+        fpn_hidden_states=None if fpn is None else tuple(f[index] for f in fpn),
+        fpn_position_encoding=None if pos is None else tuple(p[index] for p in pos),
     )
 
 

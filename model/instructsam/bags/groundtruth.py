@@ -13,12 +13,11 @@ instance on that frame. A frame whose targets are empty is a no-target frame (it
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..data.inst2seg import check_segmentation, decode_segmentation
+from .documents import read_document
 from .records import BagRecords, FrameTruth, TruthObject, encode_rle
 
 GT_FORMAT = "instructsam-bag-gt/1"
@@ -144,14 +143,7 @@ def parse_ground_truth(data: dict, path: str = "<ground truth>") -> GroundTruth:
 
 
 def load_ground_truth(path: str | os.PathLike) -> GroundTruth:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ground-truth file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise GroundTruthError(f"{path}: not valid JSON: {err}") from err
-    return parse_ground_truth(data, str(path))
+    return parse_ground_truth(read_document(path, "ground-truth file", GroundTruthError), str(path))
 
 
 def attach(records: BagRecords, gt: GroundTruth) -> BagRecords:

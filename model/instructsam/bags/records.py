@@ -152,14 +152,9 @@ class BagRecords:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BagRecords":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"bag records file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON: {err}") from err
-        return cls.from_json(data, str(path))
+        from .documents import read_document
+
+        return cls.from_json(read_document(path, "bag records file"), str(path))
 
     def counts(self) -> dict:
         by_status = {s: 0 for s in (PROCESSED, DROPPED, NO_INSTRUCTION, FAILED)}

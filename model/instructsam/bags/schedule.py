@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from ..pipeline.instructions import InstructionBook
+from .documents import read_document
 
 KNOWN_KEYS = {"frame", "time", "camera", "id", "text", "task", "max_instances", "score_threshold"}
 
@@ -91,14 +91,7 @@ class InstructionSchedule:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InstructionSchedule":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"instruction schedule not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ScheduleError(f"{path}: not valid YAML: {err}") from err
-        return cls.parse(data, str(path))
+        return cls.parse(read_document(path, "instruction schedule", ScheduleError, fmt="yaml"), str(path))
 
     def to_yaml(self) -> str:
         out = []

@@ -4,12 +4,12 @@
     switch         segment + postprocess for a new instruction on features already encoded, whose VLM prefix KV cache
                    is filled (what the node can do when the instruction changes between frames)
     keyframe       a FramePipeline keyframe with tracks: encode + detect + associate + re-condition SAM3's tracker
-    tracked frame  a FramePipeline tracked frame: encode + SAM3 tracker step for the tracked objects
+    tracked frame  a FramePipeline tracked frame: SAM3's ViT + the tracker's neck (no VLM vision tower, no detector
+                   FPN neck) + SAM3 tracker step for the tracked objects
     batched N      encode once + one segment call with N instructions + postprocess, vs N separate cold passes
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 
 import torch
@@ -23,23 +23,10 @@ KEYFRAME_INTERVAL = 5  # keyframe every 5th frame while timing the pipeline (eac
 BATCH_SIZES = (1, 4, 16)
 
 
-def encode_for_tracking(model, image):
-    """What a tracked frame actually reads: SAM3's ViT and the tracker's own neck. The pipeline's tracked frames
-    call encode_image(vlm=False), which skips the VLM vision tower but still runs SAM3's detector FPN neck, which
-    only a keyframe uses. This is the proposed remainder of that fix (docs/benchmarks/notes.md), used here only to
-    project its effect."""
-    from ..preprocess import to_image_list, to_square_pixels
-
-    cfg = model.config
-    pixels = to_square_pixels(to_image_list(image), cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std,
-                              model.device, model.detector.dtype)
-    vision = model.detector.vision_encoder.backbone(pixels)
-    return model.sam3.get_vision_features_for_tracker(vision)
-
-
 def model_paths(model, repeats: int, num_objects: int = NUM_OBJECTS, encoders: bool = True) -> dict[str, Timing]:
     """Cold pass and instruction switch on cached features (model level, no tracking); with `encoders`, also
-    encode_image alone and the tracker's inputs with and without the encoders only keyframes use."""
+    encode_image alone and what a tracked frame encodes: encode_image(vlm=False) (SAM3's ViT only) + the tracker's
+    neck (tracker_features)."""
     image = moving_shapes(1, *FRAME_SIZE)[0]
     post = detection_kwargs(num_objects)
     texts = itertools.cycle(INSTRUCTIONS)
@@ -52,11 +39,9 @@ def model_paths(model, repeats: int, num_objects: int = NUM_OBJECTS, encoders: b
         timings["cold"] = time_ms(cold, repeats)
         if encoders:
             timings["encode"] = time_ms(lambda: model.encode_image(image), repeats)
-            # what a tracked frame runs today: encode_image without the VLM (where the model has that switch)
-            tracked_kwargs = {"vlm": False} if "vlm" in inspect.signature(model.encode_image).parameters else {}
+            # what a tracked frame encodes (FramePipeline): SAM3's ViT, then the tracker's own neck
             timings["encode_tracker_inputs"] = time_ms(
-                lambda: model.tracker_features(model.encode_image(image, **tracked_kwargs), 0), repeats)
-            timings["encode_tracker_inputs_only"] = time_ms(lambda: encode_for_tracking(model, image), repeats)
+                lambda: model.tracker_features(model.encode_image(image, vlm=False), 0), repeats)
         features = model.encode_image(image)
         model.segment(features, [INSTRUCTIONS[-1]])  # fills the prefix KV cache, as the last keyframe did
 
@@ -89,11 +74,7 @@ def run_paths(model, config: str, repeats: int) -> tuple[dict, list[Target]]:
     result["keyframe_interval"] = KEYFRAME_INTERVAL
     switch_ratio = t["switch"].median / t["cold"].median
     tracked_ratio = t["tracked"].median / t["keyframe"].median
-    # a tracked frame with encode_for_tracking instead of encode_image (+ tracker_features): measured parts
-    projected = t["tracked"].median - t["encode_tracker_inputs"].median + t["encode_tracker_inputs_only"].median
-    result["projected_tracked_ms"] = projected
-    result["ratios"] = {"switch_vs_cold": switch_ratio, "tracked_vs_keyframe": tracked_ratio,
-                        "projected_tracked_vs_keyframe": projected / t["keyframe"].median}
+    result["ratios"] = {"switch_vs_cold": switch_ratio, "tracked_vs_keyframe": tracked_ratio}
     targets = [
         Target("paths", "instruction switch on cached features / cold pass", config, switch_ratio, 0.35,
                note=f"{t['switch'].median:.1f} ms vs {t['cold'].median:.1f} ms"),
@@ -127,4 +108,4 @@ def run_batching(model, config: str, repeats: int, batch_sizes=BATCH_SIZES) -> t
     return result, targets
 
 
-__all__ = ["encode_for_tracking", "model_paths", "pipeline_paths", "run_paths", "run_batching", "NUM_OBJECTS", "BATCH_SIZES"]
+__all__ = ["model_paths", "pipeline_paths", "run_paths", "run_batching", "NUM_OBJECTS", "BATCH_SIZES"]

@@ -19,20 +19,18 @@ EXPLANATIONS = {
         "proportioned like the full model, passes, and on paper at full size the switch is ~0.1x of a cold pass "
         "(section 6). Merging LoRA into the weights was tried and changes nothing measurable."),
     ("paths", "tracked"): (
-        "**Tracked frame vs keyframe.** Two causes. (1) Encoders a tracked frame does not need. Until 21 Nov 23:16 a "
-        "tracked frame ran `encode_image` in full; it now skips the VLM vision tower (`encode_image(vlm=False)`: 98 "
-        "ms of a 1.1 s mid tracked frame in the profile, 0.58 TFLOP at full size), but it still runs SAM3's detector "
-        "FPN neck, which only the detector reads (5.0 of the 23 GFLOP of the mid SAM3 vision encoder, 0.21 TFLOP at "
-        "full size, two thirds of the tiny model's encode_image). The remaining fix is in the recommendations below; "
-        "the projected column of section 1 shows its effect, measured from its parts. (2) What remains is inherent "
-        "in SAM3's tracker: the ViT runs on every frame, and the tracker runs memory attention (the frame's tokens "
-        "against up to 7 memory frames + object pointers) once per object in a Python loop, so a tracked frame grows "
-        "linearly with the objects (section 4). At full size that is ~0.97 TFLOP per object at steady state, 3.9 "
-        "TFLOP for 4 objects next to 5.4 for the ViT, and a keyframe adds only the VLM and the detector heads "
-        "(~2 TFLOP) to that: on paper tracked/keyframe is ~0.83 with 4 objects, and no object count brings it to "
-        "0.5 while the tracker reads full-resolution features (with none, a tracked frame does no model work at all). "
-        "Levers: the neck fix; fewer or lower-resolution memory frames for the tracker (a model change); capping "
-        "max_tracked. A larger keyframe_interval lowers the average cost, not a tracked frame's."),
+        "**Tracked frame vs keyframe.** A tracked frame runs only SAM3's ViT and the tracker's own neck "
+        "(`encode_image(vlm=False)`, then `tracker_features`). The VLM vision tower (0.58 TFLOP at full size) and "
+        "SAM3's detector FPN neck (0.21 TFLOP at full size), which only the VLM and the detector read, run on "
+        "keyframes only. What remains is inherent in SAM3's tracker: the ViT runs on every frame, and the tracker "
+        "runs memory attention (the frame's tokens against up to 7 memory frames + object pointers) once per object "
+        "in a Python loop, so a tracked frame grows linearly with the objects (section 4). At full size that is "
+        "~0.97 TFLOP per object at steady state, 3.9 TFLOP for 4 objects next to 5.4 for the ViT, while a keyframe "
+        "adds to that only the VLM, the detector FPN neck and the detector heads (section 6 has the ratio on paper). "
+        "No object count brings tracked/keyframe to 0.5 while the ViT runs on every frame and the tracker reads "
+        "full-resolution features (with no objects, a tracked frame does no model work at all). Levers: fewer or "
+        "lower-resolution memory frames for the tracker (a model change); capping max_tracked. A larger "
+        "keyframe_interval lowers the average cost, not a tracked frame's."),
     ("batching", ""): (
         "**16 batched vs 16 separate.** Batching shares encode_image and the image prefix; every instruction still "
         "pays its own VLM suffix, DETR encoder (over all image tokens, fused with that instruction) and mask decoder. "
@@ -164,25 +162,18 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
     if "paths" in s:
         out += ["## 1. Paths (one 640x480 frame, median ms)", "",
                 "cold = encode_image + segment + postprocess on new features; switch = segment + postprocess on "
-                "cached features (prefix KV cache filled); keyframe / tracked = FramePipeline processing_ms with "
-                f"{next(iter(s['paths'].values()))['num_objects']} tracked objects, a keyframe every "
-                f"{next(iter(s['paths'].values()))['keyframe_interval']} frames.", "",
-                _md_table(["config", "encode_image", "cold pass", "switch", "keyframe", "tracked",
-                           "switch/cold", "tracked/keyframe", "tracked, projected without the detector neck",
-                           "projected tracked/keyframe"],
-                          [[c, f"{d['encode']['median_ms']:.1f}", f"{d['cold']['median_ms']:.1f}",
-                            f"{d['switch']['median_ms']:.1f}", f"{d['keyframe']['median_ms']:.1f}",
-                            f"{d['tracked']['median_ms']:.1f}", f"{d['ratios']['switch_vs_cold']:.3f}",
-                            f"{d['ratios']['tracked_vs_keyframe']:.3f}", f"{d['projected_tracked_ms']:.1f}",
-                            f"{d['ratios']['projected_tracked_vs_keyframe']:.3f}"] for c, d in s["paths"].items()]),
-                "",
-                "The projection replaces, in the measured tracked frame, what it encodes today (encode_image(vlm=False) "
-                "+ tracker_features: {}) by SAM3's ViT + the tracker neck alone ({}), both timed "
-                "(`paths.encode_for_tracking`): the effect of no longer running the detector's FPN neck on tracked "
-                "frames.".format(
-                    ", ".join(f"{c}: {d['encode_tracker_inputs']['median_ms']:.1f} ms" for c, d in s["paths"].items()),
-                    ", ".join(f"{c}: {d['encode_tracker_inputs_only']['median_ms']:.1f} ms"
-                              for c, d in s["paths"].items())), ""]
+                "cached features (prefix KV cache filled); tracked-frame encode = encode_image(vlm=False) + "
+                "tracker_features, what a tracked frame encodes (SAM3's ViT and the tracker's neck; the VLM vision "
+                "tower and the detector FPN neck run on keyframes only); keyframe / tracked = FramePipeline "
+                f"processing_ms with {next(iter(s['paths'].values()))['num_objects']} tracked objects, a keyframe "
+                f"every {next(iter(s['paths'].values()))['keyframe_interval']} frames.", "",
+                _md_table(["config", "encode_image", "tracked-frame encode (ViT + tracker neck)", "cold pass", "switch",
+                           "keyframe", "tracked", "switch/cold", "tracked/keyframe"],
+                          [[c, f"{d['encode']['median_ms']:.1f}", f"{d['encode_tracker_inputs']['median_ms']:.1f}",
+                            f"{d['cold']['median_ms']:.1f}", f"{d['switch']['median_ms']:.1f}",
+                            f"{d['keyframe']['median_ms']:.1f}", f"{d['tracked']['median_ms']:.1f}",
+                            f"{d['ratios']['switch_vs_cold']:.3f}", f"{d['ratios']['tracked_vs_keyframe']:.3f}"]
+                           for c, d in s["paths"].items()]), ""]
     if "batching" in s:
         rows = []
         for c, d in s["batching"].items():
@@ -244,19 +235,17 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
                 "Ratios on paper (FLOPs): switch / cold = {switch_vs_cold:.3f}, tracked / keyframe = "
                 "{tracked_vs_keyframe:.3f}, 16 batched / 16 separate = {batched16_vs_separate16:.3f}.".format(
                     **d["ratios_on_paper"]), ""]
-        h, lean = d["h100"], d["h100_tracked_without_unused_encoders"]
+        h = d["h100"]
         out += ["**H100 frame rate: an estimate on paper.** "
                 f"Time = FLOPs / ({h['peak_tflops']:.0f} TFLOP/s dense bf16 peak x {h['utilisation']:.0%} assumed "
                 "utilisation); ignores memory-bound ops, kernel launches, Python overhead, image decoding, "
                 "post-processing and host-device transfers, all of which matter at batch 1.", "",
                 _md_table(["", "keyframe", "tracked frame", "instruction switch", f"mixed (1 keyframe in "
                            f"{h['keyframe_interval']})"],
-                          [["ms (as the pipeline runs today)", f"{h['keyframe_ms']:.1f}", f"{h['tracked_ms']:.1f}",
+                          [["ms", f"{h['keyframe_ms']:.1f}", f"{h['tracked_ms']:.1f}",
                             f"{h['switch_ms']:.1f}", f"{1e3 / h['mixed_fps']:.1f}"],
                            ["frames/s", f"{h['keyframe_fps']:.0f}", f"{h['tracked_fps']:.0f}", "",
-                            f"{h['mixed_fps']:.0f}"],
-                           ["frames/s, tracked frames without the detector neck", "",
-                            f"{lean['tracked_fps']:.0f}", "", f"{lean['mixed_fps']:.0f}"]]), ""]
+                            f"{h['mixed_fps']:.0f}"]]), ""]
     if plots:
         out += ["## Plots", ""]
         for p in plots:

@@ -28,7 +28,6 @@ from typing import Iterator
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from .format import InstructionSample
 from .inst2seg import decode_segmentation, mask_to_box

@@ -199,6 +199,14 @@ class TrackSet:
 
 
 # ---- SAM3's tracker ----------------------------------------------------------------------------------------------
+def mask_prompt(mask, image_size: int, device) -> torch.Tensor:
+    """An (H, W) bool mask at image resolution as SAM3's tracker mask prompt: (1, 1, S, S) float {0, 1} at the
+    tracker's square input size."""
+    square = F.interpolate(torch.as_tensor(mask, dtype=torch.float32, device=device)[None, None],
+                           size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return (square > 0.5).to(torch.float32)
+
+
 class TrackerSession:
     """SAM3's streaming video tracker on cached frame features, with bounded memory.
 
@@ -237,7 +245,6 @@ class TrackerSession:
             video_storage_device=device, dtype=tracker.dtype)
         self.frame_idx = -1  # index of the current (last registered) frame
         self.last_output: tuple | None = None
-        self._placeholder = torch.zeros(3, 1, 1, device=device)
 
     # -- bookkeeping --
     @property
@@ -268,9 +275,7 @@ class TrackerSession:
         self.session.cache.cache_vision_features(self.frame_idx, self.model.tracker_features(features, index))
 
     def _run(self) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-        # `frame` is a placeholder: the tracker has no vision encoder and reads the cached features. Passing it
-        # (with the explicit frame index) keeps the tracker in streaming mode, also when re-running a frame.
-        out = self.model.tracker(inference_session=self.session, frame_idx=self.frame_idx, frame=self._placeholder)
+        out = self.model.run_tracker(self.session, self.frame_idx)  # also when re-running a frame (condition)
         return list(out.object_ids), out.pred_masks, out.object_score_logits.reshape(-1)
 
     def _observations(self, ids, low_res, logits, mask_threshold: float) -> dict[int, Observation]:
@@ -310,9 +315,7 @@ class TrackerSession:
             s.frames_tracked_per_obj[idx].pop(f, None)
             s.output_dict_per_obj[idx]["non_cond_frame_outputs"].pop(f, None)
             s.output_dict_per_obj[idx]["cond_frame_outputs"].pop(f, None)
-            square = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None],
-                                   size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            s.add_mask_inputs(idx, f, (square > 0.5).to(torch.float32))
+            s.add_mask_inputs(idx, f, mask_prompt(mask, self.image_size, self.model.device))
         s.obj_with_new_inputs = [int(k) for k in masks]
         self._run()
         self._prune()

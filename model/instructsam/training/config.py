@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+OBJECTIVES = ("instances", "tracking")
 
 
 @dataclass
@@ -27,7 +28,8 @@ class DataSection:
     val: str | None = "synthetic:val:200"
     image_size: int = 128  # synthetic images only
     seed: int = 0  # synthetic generator seed (not the shuffling seed)
-    images_per_batch: int = 4  # per rank and micro-batch; each image brings all its instructions
+    images_per_batch: int = 4  # per rank and micro-batch; each image brings all its instructions (tracking: clips)
+    clip_frames: int = 8  # frames per synthetic_video clip (tracking objective)
     num_workers: int = 0
 
 
@@ -82,6 +84,7 @@ class LoopSection:
 @dataclass
 class TrainConfig:
     seed: int = 0
+    objective: str = "instances"  # "instances": InstructSAM set prediction; "tracking": SAM3's tracker on videos
     output_dir: str = "runs/train"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -95,6 +98,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         t, o = self.train, self.optim
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        video = [spec for spec in (self.data.train, self.data.val) if spec and spec.startswith("synthetic_video:")]
+        if (self.objective == "tracking") != (len(video) == len([x for x in (self.data.train, self.data.val) if x])):
+            raise ValueError(f"objective {self.objective!r} needs "
+                             f"{'synthetic_video:' if self.objective == 'tracking' else 'image'} data specs for "
+                             f"data.train and data.val, got {self.data.train!r} / {self.data.val!r}")
         if t.max_steps < 1 or t.grad_accum_steps < 1 or t.log_every < 1 or t.checkpoint_every < 1:
             raise ValueError("train.max_steps, grad_accum_steps, log_every and checkpoint_every must be >= 1")
         if t.mixed_precision not in ("no", "bf16", "fp16"):

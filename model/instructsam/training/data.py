@@ -7,6 +7,8 @@ Data specs (used by the trainer's YAML and the evaluate command):
     synthetic:SPLIT[:N]     the in-memory synthetic Inst2Seg split (instructsam.data.synthetic), N samples
                             (instructions; default 800 = 200 images x 4)
     inst2seg:DIR[:SPLIT]    an Inst2Seg directory on disk (default split "test")
+    synthetic_video:SPLIT[:N]   N synthetic video clips (default 200) of `clip_frames` frames, for the tracking
+                            objective (instructsam.training.tracking); a batch is clips instead of image groups
 """
 from __future__ import annotations
 
@@ -18,24 +20,31 @@ import torch
 
 from ..data.format import InstructionSample
 from ..data.inst2seg import Inst2SegDataset
-from ..data.synthetic import SPLITS, SyntheticInst2Seg
+from ..data.synthetic import SPLITS, SyntheticInst2Seg, SyntheticVideos
 
 DEFAULT_SYNTHETIC_SAMPLES = 800
+DEFAULT_SYNTHETIC_VIDEOS = 200
 
 
-def build_dataset(spec: str, image_size: int = 128, seed: int = 0):
-    """A dataset (indexable -> InstructionSample) from a data spec string (see the module docstring)."""
+def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: int = 8):
+    """A dataset (indexable -> InstructionSample, or VideoSample for synthetic_video) from a data spec string
+    (see the module docstring)."""
     kind, _, rest = spec.partition(":")
-    if kind == "synthetic":
+    if kind in ("synthetic", "synthetic_video"):
         split, _, count = rest.partition(":")
         if split not in SPLITS:
             raise ValueError(f"data spec {spec!r}: unknown synthetic split {split!r}; expected one of {SPLITS}")
+        default = DEFAULT_SYNTHETIC_SAMPLES if kind == "synthetic" else DEFAULT_SYNTHETIC_VIDEOS
         try:
-            size = int(count) if count else DEFAULT_SYNTHETIC_SAMPLES
+            size = int(count) if count else default
         except ValueError:
             raise ValueError(f"data spec {spec!r}: sample count {count!r} is not an integer") from None
         if size <= 0:
             raise ValueError(f"data spec {spec!r}: sample count must be positive, got {size}")
+        if kind == "synthetic_video":
+            if clip_frames < 2:
+                raise ValueError(f"data.clip_frames must be >= 2 (a prompted frame and one to track), got {clip_frames}")
+            return SyntheticVideos(split, size=size, image_size=image_size, seed=seed, num_frames=clip_frames)
         return SyntheticInst2Seg(split, size=size, image_size=image_size, seed=seed)
     if kind == "inst2seg":
         root, _, split = rest.rpartition(":") if ":" in rest else (rest, "", "test")
@@ -44,7 +53,8 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0):
         if not Path(root).is_dir():
             raise FileNotFoundError(f"data spec {spec!r}: Inst2Seg directory {root!r} does not exist")
         return Inst2SegDataset(root, split or "test")
-    raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]' or 'inst2seg:DIR[:SPLIT]'")
+    raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]', 'inst2seg:DIR[:SPLIT]' or "
+                     f"'synthetic_video:SPLIT[:N]'")
 
 
 def image_groups(dataset) -> list[list[int]]:
@@ -57,7 +67,7 @@ def image_groups(dataset) -> list[list[int]]:
         for i, ins in enumerate(dataset.instructions):
             groups.setdefault(ins["image_id"], []).append(i)
         return list(groups.values())
-    return [[i] for i in range(len(dataset))]  # unknown dataset: one instruction per image
+    return [[i] for i in range(len(dataset))]  # videos, or an unknown dataset: one instruction per image
 
 
 @dataclass
@@ -74,6 +84,16 @@ class Batch:
     def __len__(self) -> int:
         return len(self.instructions)
 
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def model_inputs(self) -> tuple:  # SegmentationStep's arguments
+        return (self.images, self.instructions, self.image_index, self.tasks)
+
+    def targets_on(self, device: torch.device) -> list[dict]:
+        return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in self.targets]
+
 
 def sample_target(sample: InstructionSample) -> dict:
     """Training target of one sample: masks at the original resolution, boxes normalised by the image size."""
@@ -83,7 +103,12 @@ def sample_target(sample: InstructionSample) -> dict:
     return {"masks": torch.from_numpy(np.asarray(sample.masks, dtype=bool)), "boxes": boxes}
 
 
-def collate_groups(dataset, groups: list[list[int]]) -> Batch:
+def collate_groups(dataset, groups: list[list[int]]):
+    """A Batch of image groups, or a ClipBatch of videos (one video per group)."""
+    if isinstance(dataset, SyntheticVideos):
+        from .tracking import collate_clips
+
+        return collate_clips(dataset, [g[0] for g in groups])
     images, instructions, tasks, image_index, targets, samples = [], [], [], [], [], []
     for g, indices in enumerate(groups):
         group = [dataset[i] for i in indices]

@@ -34,6 +34,7 @@ from .config import TrainConfig, load_config, resolve_path
 from .criterion import SetCriterion
 from .data import build_dataset, epoch_batches, image_groups, make_loader
 from .matcher import HungarianMatcher
+from .tracking import TrackingCriterion, TrackingStep
 
 # InstructSAMConfig fields that change the architecture or the tokenizer: a loaded model cannot switch them
 ARCHITECTURE_FIELDS = {"num_queries", "lora_r", "lora_alpha", "lora_target_modules", "image_size", "vlm_image_size",
@@ -193,8 +194,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def build_criterion(cfg: TrainConfig) -> SetCriterion:
+def build_criterion(cfg: TrainConfig) -> nn.Module:
+    """The objective's loss: SetCriterion (instances) or TrackingCriterion (tracking)."""
     mc, lc = cfg.matcher, cfg.loss
+    if cfg.objective == "tracking":
+        return TrackingCriterion(lc.weights)
     matcher = HungarianMatcher(cost_class=mc.cost_class, cost_mask=mc.cost_mask, cost_dice=mc.cost_dice,
                                cost_bbox=mc.cost_bbox, cost_giou=mc.cost_giou, mask_cost_size=mc.mask_cost_size,
                                focal_alpha=lc.focal_alpha, focal_gamma=lc.focal_gamma)
@@ -262,8 +266,8 @@ class Run:
     cfg: TrainConfig
     info: DistInfo
     model: InstructSAMModel
-    step_module: nn.Module  # SegmentationStep, DDP-wrapped when distributed
-    criterion: SetCriterion
+    step_module: nn.Module  # SegmentationStep or TrackingStep, DDP-wrapped when distributed
+    criterion: nn.Module  # SetCriterion or TrackingCriterion
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
@@ -284,10 +288,6 @@ class Run:
     def finished(self) -> bool:
         return self.state.step >= self.cfg.train.max_steps or (
             self.stop_at_step is not None and self.state.step >= self.stop_at_step)
-
-
-def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
 
 def reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
@@ -353,16 +353,24 @@ def checkpoint(run: Run) -> Path:
 
 
 def evaluate_during_training(run: Run, final: bool = False) -> dict | None:
-    """Metrics on the first `eval_samples` of data.val (rank 0; the other ranks wait)."""
+    """Metrics on the first `eval_samples` of data.val (videos for the tracking objective; rank 0, the other
+    ranks wait)."""
     if run.val_dataset is None:
         return None
     summary = None
     if run.info.is_main:
-        from ..evaluation.evaluate import evaluate_model
+        if run.cfg.objective == "tracking":
+            from ..evaluation.tracker import evaluate_tracker
 
-        summary, _ = evaluate_model(run.model, run.val_dataset, max_samples=run.cfg.train.eval_samples,
-                                    images_per_batch=max(1, run.cfg.data.images_per_batch), num_overlays=0)
-        keys = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "mIoU", "duplicate_rate")
+            summary = evaluate_tracker(run.model, run.val_dataset, max_videos=run.cfg.train.eval_samples,
+                                       progress=False)
+            keys = ("J&F", "J", "F", "objects")
+        else:
+            from ..evaluation.evaluate import evaluate_model
+
+            summary, _ = evaluate_model(run.model, run.val_dataset, max_samples=run.cfg.train.eval_samples,
+                                        images_per_batch=max(1, run.cfg.data.images_per_batch), num_overlays=0)
+            keys = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "mIoU", "duplicate_rate")
         run.log.write({"step": run.state.step, "eval": {k: summary.get(k) for k in keys}, "final": final})
         run.model.train()
     barrier()
@@ -382,8 +390,8 @@ def train_one_epoch(run: Run, loader) -> bool:
         sync = contextlib.nullcontext() if last_micro or not info.distributed else run.step_module.no_sync()
         with sync:
             with autocast_context(cfg, info.device):
-                outputs = run.step_module(batch.images, batch.instructions, batch.image_index, batch.tasks)
-            losses = run.criterion(outputs, move_targets(batch.targets, info.device))  # float32, outside autocast
+                outputs = run.step_module(*batch.model_inputs())
+            losses = run.criterion(outputs, batch.targets_on(info.device))  # float32, outside autocast
             loss = losses["loss"] / accum
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {state.step}: "
@@ -392,7 +400,7 @@ def train_one_epoch(run: Run, loader) -> bool:
         for k, v in losses.items():
             step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / accum
         step_samples += len(batch)
-        step_images += len(batch.images)
+        step_images += batch.num_images
         if not last_micro:
             continue
         grad_norm = optimizer_step(run)
@@ -424,7 +432,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_at_step: int 
     seed_everything(cfg.seed)
     model = build_model(cfg, info)
     seed_everything(cfg.seed + info.rank)  # the same RNG stream whether the model was built here or loaded
-    step_module: nn.Module = SegmentationStep(model)
+    step_module: nn.Module = TrackingStep(model) if cfg.objective == "tracking" else SegmentationStep(model)
     if info.distributed:
         step_module = DistributedDataParallel(
             step_module, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
@@ -442,9 +450,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_at_step: int 
                                    info.device)
         state = RunState(**position)
 
-    dataset = build_dataset(cfg.data.train, cfg.data.image_size, cfg.data.seed)
+    d = cfg.data
+    dataset = build_dataset(d.train, d.image_size, d.seed, d.clip_frames)
     groups = image_groups(dataset)
-    val_dataset = build_dataset(cfg.data.val, cfg.data.image_size, cfg.data.seed) if cfg.data.val else None
+    val_dataset = build_dataset(d.val, d.image_size, d.seed, d.clip_frames) if d.val else None
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     run = Run(cfg, info, model, step_module, build_criterion(cfg), optimizer, scheduler, scaler,
               MetricsLog(out / "metrics.jsonl", info.is_main), state, val_dataset, stop_at_step=stop_at_step)
@@ -479,7 +488,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_at_step: int 
         result["final"] = str(final_dir)
         summary = evaluate_during_training(run, final=True)
         if summary is not None:
-            result["eval"] = {k: summary.get(k) for k in ("mAP", "AP50", "gIoU", "N-acc", "T-acc")}
+            keys = ("J&F", "J", "F") if cfg.objective == "tracking" else ("mAP", "AP50", "gIoU", "N-acc", "T-acc")
+            result["eval"] = {k: summary.get(k) for k in keys}
     if cfg.train.save_rank_weights:
         from safetensors.torch import save_file
 
