@@ -92,3 +92,33 @@ def test_shipped_tracker_keeps_a_moving_objects_id_for_20_frames():
             runs.append(run)
     assert len(runs) >= 5, f"too few moving objects that stay in view: {len(runs)}"
     assert max(runs) >= 20, f"frames each object kept its id: {runs}"
+
+
+def test_with_the_shipped_model_a_new_instruction_replaces_the_instance_set_on_the_next_frame():
+    """The pipeline half of the switch requirement with the shipped checkpoint: the first frame processed after a
+    new instruction arrives is a keyframe for that instruction, and none of the old instruction's ids survive it
+    (whether the new set is *right* is the detector's accuracy, tests/test_pipeline_shipped.py)."""
+    from instructsam.data.synthetic import SyntheticVideos
+    from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
+
+    torch.set_num_threads(2)
+    model = load_model(CHECKPOINT).eval()
+    video = SyntheticVideos("val", size=1, num_frames=16)[0]
+    first, second = video.instructions[0], video.instructions[1]
+    # at the checkpoint's calibrated threshold (the pipeline's own default, 0.5, is above every score it gives)
+    p = FramePipeline(model, ["cam"], PipelineSettings(keyframe_interval=10,
+                                                       score_threshold=model.config.score_threshold))
+    p.instructions.set(first["text"])  # the default task template: "video" is not one the tiny model was trained on
+    old_ids, reasons = set(), []
+    for t in range(12):
+        p.submit("cam", video.frames[t], frame=t)
+        r = p.step("cam")
+        reasons.append(r.keyframe_reason)
+        old_ids |= {i.id for i in r.instances}
+    assert old_ids, "the shipped model found nothing for the first instruction at its calibrated threshold"
+    assert reasons[1:] == ["", "", "", "", "", "", "", "", "", "interval", ""]  # tracked frames in between
+    p.instructions.set(second["text"])
+    p.submit("cam", video.frames[12], frame=12)
+    r = p.step("cam")
+    assert r.keyframe_reason == "instruction" and r.instruction.text == second["text"]
+    assert not old_ids & {i.id for i in r.instances}

@@ -36,7 +36,7 @@ EXPLANATIONS = {
         "pays its own VLM suffix, DETR encoder (over all image tokens, fused with that instruction) and mask decoder. "
         "In a batch of 16 an instruction costs about as much as a switch (section 2: ms per instruction vs the "
         "switch in section 1), i.e. the batched pass is compute-bound on per-instruction work, not overhead-bound. "
-        "Where those heads are large relative to the shared encoders (tiny, and mid at 0.28) 16 batched cost more "
+        "Where those heads are large relative to the shared encoders (tiny and mid, section 2) 16 batched cost more "
         "than a quarter of 16 passes; at full size the encoders dominate and on paper the ratio is ~0.15 (section 6)."),
     ("node", ""): (
         "**Node overhead.** The out-path is almost all COCO RLE encoding: a 640x480 mask had to be copied into "
