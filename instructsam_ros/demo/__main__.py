@@ -184,9 +184,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] planner: from frame {s.at_frame:4d}: {s.id} {s.text!r} ({s.kind})")
     print(f"[demo] logs: {logs}/  (ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')})", flush=True)
 
+    # the checkpoint's calibrated score threshold (instructsam.evaluation.calibrate) rather than the node YAML's
+    # generic 0.5, which the shipped tiny model's scores never reach; a -p score_threshold:=... still wins
+    threshold = float(json.loads((checkpoint / "config.json").read_text()).get("score_threshold", 0.5))
+    print(f"[demo] score threshold: {threshold:g} (the checkpoint's calibrated default)", flush=True)
     python = sys.executable
     node_cmd = [python, "-m", "instructsam_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE),
                 *_param("checkpoint", str(checkpoint)), *_param("publish_overlay", True),
+                *_param("score_threshold", threshold),
                 # one torch thread: the camera, planner and recorder share the CPU, and torch's default (all
                 # cores) then stalls badly (the tiny model: 45 ms per frame on one thread, 0.1-6 s on two busy ones)
                 *_param("num_threads", 1)]
@@ -202,7 +207,11 @@ def run(args: argparse.Namespace) -> int:
                   *_param("seed", args.seed), *_param("video", index),
                   *_param("wait_for_nodes", ["instructsam_node", "demo_planner", "demo_recorder"])]
 
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # load ROS before the children start (importing it takes seconds on a busy machine, and Ctrl-C must stop the
+    # demo cleanly at any point after that), then own SIGINT as well as SIGTERM/SIGHUP
+    import rclpy  # noqa: F401
+    from instructsam_ros.demo.recorder import Recorder  # noqa: F401
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     children: list[Child] = []
     context = recorder = None
     error = ""
