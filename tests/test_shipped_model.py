@@ -14,12 +14,16 @@ CHECKPOINT = REPO / "checkpoints" / "instructsam-tiny"
 RECORDED = REPO / "docs" / "shipped_model_eval" / "test" / "metrics.json"
 
 
-def test_shipped_checkpoint_reproduces_the_recorded_test_metrics():
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(2)
+    return load_model(CHECKPOINT).eval()
+
+
+def test_shipped_checkpoint_reproduces_the_recorded_test_metrics(model):
     """README's numbers come from `python -m instructsam.evaluation.evaluate --checkpoint checkpoints/instructsam-tiny
     --data synthetic:test:800`; the same evaluation here must agree within 0.01."""
     recorded = json.loads(RECORDED.read_text())
-    torch.set_num_threads(2)
-    model = load_model(CHECKPOINT).eval()
     summary, _ = evaluate_model(model, build_dataset("synthetic:test:800"), num_overlays=0)
     assert summary["num_samples"] == recorded["num_samples"] == 800
     for key in ("mAP", "AP50", "gIoU", "cIoU", "N-acc", "T-acc", "mIoU"):
@@ -29,14 +33,12 @@ def test_shipped_checkpoint_reproduces_the_recorded_test_metrics():
 TRACKER_RECORD = REPO / "docs" / "shipped_model_eval" / "tracker" / "metrics.json"
 
 
-def test_shipped_tracker_reproduces_the_recorded_jf():
+def test_shipped_tracker_reproduces_the_recorded_jf(model):
     """README's tracker J&F comes from `python -m instructsam.evaluation.tracker --checkpoint
     checkpoints/instructsam-tiny --data synthetic_video:test:30 --out docs/shipped_model_eval/tracker`."""
     from instructsam.evaluation.tracker import evaluate_tracker
 
     recorded = json.loads(TRACKER_RECORD.read_text())
-    torch.set_num_threads(2)
-    model = load_model(CHECKPOINT).eval()
     videos = build_dataset(recorded["data"], clip_frames=recorded["frames_per_video"])
     summary = evaluate_tracker(model, videos, progress=False)
     assert summary["objects"] == recorded["objects"] > 0
@@ -44,7 +46,7 @@ def test_shipped_tracker_reproduces_the_recorded_jf():
         assert summary[key] == pytest.approx(recorded[key], abs=0.01), key
 
 
-def test_shipped_tracker_keeps_a_moving_objects_id_for_20_frames():
+def test_shipped_tracker_keeps_a_moving_objects_id_for_20_frames(model):
     """The tracking half of "a moving object keeps its track id for >= 20 frames", with the shipped model: the
     object's mask on the first frame stands in for the keyframe detection (the shipped detector is below its
     targets, see tests/test_pipeline_shipped.py), then the pipeline's CameraTracker carries it with SAM3's tracker
@@ -60,8 +62,6 @@ def test_shipped_tracker_keeps_a_moving_objects_id_for_20_frames():
     from instructsam.pipeline.frame_pipeline import PipelineSettings
     from instructsam.pipeline.tracking import CameraTracker, mask_box, mask_iou
 
-    torch.set_num_threads(2)
-    model = load_model(CHECKPOINT).eval()
     s = PipelineSettings()
     runs = []
     for video in SyntheticVideos("val", size=8, num_frames=30):
@@ -94,15 +94,13 @@ def test_shipped_tracker_keeps_a_moving_objects_id_for_20_frames():
     assert max(runs) >= 20, f"frames each object kept its id: {runs}"
 
 
-def test_with_the_shipped_model_a_new_instruction_replaces_the_instance_set_on_the_next_frame():
+def test_with_the_shipped_model_a_new_instruction_replaces_the_instance_set_on_the_next_frame(model):
     """The pipeline half of the switch requirement with the shipped checkpoint: the first frame processed after a
     new instruction arrives is a keyframe for that instruction, and none of the old instruction's ids survive it
     (whether the new set is *right* is the detector's accuracy, tests/test_pipeline_shipped.py)."""
     from instructsam.data.synthetic import SyntheticVideos
     from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 
-    torch.set_num_threads(2)
-    model = load_model(CHECKPOINT).eval()
     video = SyntheticVideos("val", size=1, num_frames=16)[0]
     first, second = video.instructions[0], video.instructions[1]
     # at the checkpoint's calibrated threshold (the pipeline's own default, 0.5, is above every score it gives)

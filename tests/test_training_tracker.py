@@ -87,6 +87,8 @@ def test_tracking_objective_trains_only_the_tracker_and_the_loss_falls(test_mode
 def test_tracking_config_needs_video_data(tmp_path):
     with pytest.raises(ValueError, match="synthetic_video"):
         load_config(REPO / "config" / "train_tracker_tiny.yaml", ["data.train=synthetic:train:8"])
+    with pytest.raises(ValueError, match="image"):  # the instance objective with video validation data
+        load_config(REPO / "config" / "train_tiny.yaml", ["data.val=synthetic_video:val:2"])
     with pytest.raises(ValueError, match="objective must be one of"):
         load_config(REPO / "config" / "train_tiny.yaml", ["objective=detection"])
     with pytest.raises(ValueError, match="clip_frames"):

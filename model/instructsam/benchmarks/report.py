@@ -76,6 +76,16 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     files = []
+
+    def save(fig, axes, name: str, legend_size: int) -> None:
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        files.append(out_dir / name)
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+
     scaling = results.get("sections", {}).get("scaling", {})
     if scaling:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -88,13 +98,7 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
                     title="latency vs K")
         axes[1].set(xscale="log", xlabel="K (instance queries)", ylabel="MB allocated and alive at once",
                     title="peak memory vs K")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        files.append(out_dir / "scaling_k.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        save(fig, axes, "scaling_k.png", 7)
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for config, data in scaling.items():
@@ -106,13 +110,7 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
         axes[0].set(xlabel="tracked objects", ylabel="ms per frame (median)", title="latency vs tracked objects")
         axes[1].set(xlabel="tracked objects", ylabel="MB",
                     title="memory vs tracked objects")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        files.append(out_dir / "scaling_objects.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        save(fig, axes, "scaling_objects.png", 7)
 
     stream = results.get("sections", {}).get("stream")
     if stream:
@@ -123,12 +121,7 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
         ax.axhspan(ref * 0.95, ref * 1.05, color="green", alpha=0.1, label="±5 % of the reference")
         ax.axvline(stream["reference_frame"], color="grey", lw=0.8, ls=":")
         ax.set(xlabel="frame", ylabel="RSS (MB)", title=f"resident memory over {stream['frames']:,} frames (tiny)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        files.append(out_dir / "stream_rss.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        save(fig, [ax], "stream_rss.png", 8)
     return files
 
 

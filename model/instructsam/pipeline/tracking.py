@@ -207,6 +207,19 @@ def mask_prompt(mask, image_size: int, device) -> torch.Tensor:
     return (square > 0.5).to(torch.float32)
 
 
+def new_streaming_session(model, height: int, width: int):
+    """An empty `Sam3TrackerVideoInferenceSession` for height x width frames, all on the model's device: what the
+    pipeline's TrackerSession wraps and what tracker training runs through."""
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
+        Sam3TrackerVideoInferenceSession,
+    )
+
+    device = model.device
+    return Sam3TrackerVideoInferenceSession(
+        video_height=height, video_width=width, inference_device=device, inference_state_device=device,
+        video_storage_device=device, dtype=model.tracker.dtype)
+
+
 class TrackerSession:
     """SAM3's streaming video tracker on cached frame features, with bounded memory.
 
@@ -228,10 +241,6 @@ class TrackerSession:
     KEEP_KEYS = ("maskmem_features", "maskmem_pos_enc", "object_pointer", "object_score_logits")
 
     def __init__(self, model, height: int, width: int):
-        from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
-            Sam3TrackerVideoInferenceSession,
-        )
-
         self.model = model
         tracker = model.tracker
         self.height, self.width = height, width
@@ -239,10 +248,7 @@ class TrackerSession:
         cfg = tracker.config
         self.window = max(int(cfg.num_maskmem) - 1, int(cfg.max_object_pointers_in_encoder) - 1, 1)
         self.max_cond_frames = int(cfg.max_cond_frame_num) if int(cfg.max_cond_frame_num) > 0 else 4
-        device = model.device
-        self.session = Sam3TrackerVideoInferenceSession(
-            video_height=height, video_width=width, inference_device=device, inference_state_device=device,
-            video_storage_device=device, dtype=tracker.dtype)
+        self.session = new_streaming_session(model, height, width)
         self.frame_idx = -1  # index of the current (last registered) frame
         self.last_output: tuple | None = None
 
@@ -419,5 +425,5 @@ class CameraTracker:
         return list(self.tracks.tracks)
 
 
-__all__ = ["NEW", "TRACKED", "LOST", "mask_iou", "mask_nms", "mask_box", "Track", "Observation", "TrackSet",
-           "TrackerSession", "CameraTracker"]
+__all__ = ["NEW", "TRACKED", "LOST", "mask_iou", "mask_nms", "mask_box", "mask_prompt", "new_streaming_session",
+           "Track", "Observation", "TrackSet", "TrackerSession", "CameraTracker"]

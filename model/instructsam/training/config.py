@@ -100,8 +100,8 @@ class TrainConfig:
         t, o = self.train, self.optim
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        video = [spec for spec in (self.data.train, self.data.val) if spec and spec.startswith("synthetic_video:")]
-        if (self.objective == "tracking") != (len(video) == len([x for x in (self.data.train, self.data.val) if x])):
+        want_video = self.objective == "tracking"
+        if any(spec.startswith("synthetic_video:") != want_video for spec in (self.data.train, self.data.val) if spec):
             raise ValueError(f"objective {self.objective!r} needs "
                              f"{'synthetic_video:' if self.objective == 'tracking' else 'image'} data specs for "
                              f"data.train and data.val, got {self.data.train!r} / {self.data.val!r}")

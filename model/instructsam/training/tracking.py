@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline.tracking import mask_prompt
+from ..pipeline.tracking import mask_prompt, new_streaming_session
 from .criterion import dice_loss
 
 DEFAULT_TRACKING_WEIGHTS = {"presence": 2.0, "mask": 5.0, "dice": 5.0}
@@ -75,15 +75,8 @@ def track_clip(model, frames: np.ndarray, prompts: dict[int, np.ndarray]) -> Cli
     the clip, differentiably when gradients are enabled. None when nothing is prompted."""
     if not prompts:
         return None
-    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
-        Sam3TrackerVideoInferenceSession,
-    )
-
     device = model.device
-    height, width = frames.shape[1:3]
-    session = Sam3TrackerVideoInferenceSession(
-        video_height=height, video_width=width, inference_device=device, inference_state_device=device,
-        video_storage_device=device, dtype=model.tracker.dtype)
+    session = new_streaming_session(model, *frames.shape[1:3])
     features = model.encode_image(list(frames), vlm=False)  # the ViT once per frame, as the pipeline does
     size = int(model.tracker.image_size)
     masks, scores = [], []
