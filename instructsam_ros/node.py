@@ -296,6 +296,8 @@ class InstructSAMNode(Node):
                 s.subscription = None
         if self.model is None:
             return
+        if self.book is not None:
+            self.book.model_check = None  # nothing to check against until a model loads again
         if self.pipeline is not None:
             self.pipeline.reset()
         model_ref = weakref.ref(self.model)

@@ -60,7 +60,8 @@ PARAMS: tuple[Param, ...] = (
           range=(0, 100_000)),
     Param("keyframe_seconds", 0.0, "also run the detector when this many seconds passed (0: off)", RUNTIME,
           range=(0.0, 3600.0)),
-    Param("score_threshold", 0.5, "instances scoring lower are not reported", RUNTIME, range=(0.0, 1.0)),
+    Param("score_threshold", -1.0, "instances scoring lower are not reported (-1: the checkpoint's own "
+          "threshold, calibrated on validation data)", RUNTIME, range=(-1.0, 1.0)),
     Param("mask_threshold", 0.35, "mask probability above which a pixel belongs to the instance", RUNTIME,
           range=(0.0, 1.0)),
     Param("nms_iou", 0.5, "IoU above which the lower-scoring of two instances is suppressed", RUNTIME,

@@ -32,7 +32,7 @@ ARGUMENTS = {
     "default_task": (str, "referring, reasoning, multi_instance, video"),
     "keyframe_interval": (int, "detector every N frames (0: every frame)"),
     "keyframe_seconds": (float, "detector after this many seconds (0: off)"),
-    "score_threshold": (float, "minimum instance score"),
+    "score_threshold": (float, "minimum instance score (-1: the checkpoint's calibrated threshold)"),
     "mask_threshold": (float, "mask probability threshold"),
     "nms_iou": (float, "mask NMS IoU"),
     "max_instances": (int, "detections per keyframe"),

@@ -71,10 +71,15 @@ def test_round_trip_equals_in_memory(tmp_path):
     np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), masks[10])
     assert ann["area"] == int(masks[10].sum()) and ann["attributes"] == {"color": "red"}
     assert ann["bbox"] == [float(v) for v in mask_utils.toBbox(rle)]
+    # the image's other annotated objects come along (training's detect-all matching supervises them too)
+    np.testing.assert_array_equal(s.other_masks, masks[12][None])
+    np.testing.assert_array_equal(ds[1].other_masks, np.stack([masks[10], masks[11]]))
+    assert s.other_boxes.shape == (1, 4) and ds[1].other_boxes.shape == (2, 4)
 
     no_target = ds[2]
     assert no_target.instruction_id == "x-2" and no_target.target_ids == []
     assert no_target.masks.shape == (0, H, W) and no_target.boxes.shape == (0, 4)
+    assert no_target.other_masks.shape == (1, H, W)  # the triangle: there, but not asked for
     np.testing.assert_array_equal(no_target.image, images[1]["image"])
 
     tri = ds[3]

@@ -279,6 +279,11 @@ def test_in_memory_samples_carry_visible_masks(train_items):
             np.testing.assert_array_equal(m, by_id[tid].visible_mask)
             ys, xs = np.nonzero(m)
             np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        # every other visible object is carried as a non-target (training supervises all objects' masks)
+        others = [o for o in scene.visible_objects() if o.obj_id not in s.target_ids]
+        assert len(s.other_masks) == len(others) == len(scene.visible_objects()) - len(s.target_ids)
+        for o, m in zip(others, s.other_masks):
+            np.testing.assert_array_equal(m, o.visible_mask)
 
 
 def test_heldout_pairs_never_in_train_val_test(train_items):

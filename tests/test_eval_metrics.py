@@ -79,6 +79,8 @@ def test_set_metrics_hand_computed():
     assert m["oIoU"] == pytest.approx(24 / (20 + 16 + 9))
     # kept predictions: 3 (s1) + 1 (s2) + 1 (s4) = 5; one duplicate (s1's second A)
     assert m["duplicate_rate"] == pytest.approx(1 / 5)
+    # pairs of kept predictions: only s1 has any (A-A 1, A-p3 0, A-p3 0)
+    assert m["pred_overlap"] == pytest.approx(1 / 3)
     assert (m["num_samples"], m["num_no_target"], m["num_kept_predictions"]) == (5, 2, 5)
 
     fam = m["per_family"]

@@ -17,7 +17,7 @@ from instructsam.training.data import build_dataset, collate_groups, image_group
 from training_helpers import build_test_model
 
 METRICS = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU",
-           "duplicate_rate")
+           "duplicate_rate", "pred_overlap")
 
 
 @pytest.fixture(scope="module")

@@ -339,6 +339,9 @@ def test_bad_instructions_on_the_topic_are_logged_and_the_current_one_stays(clie
 @pytest.mark.parametrize("fields, expected", [
     (dict(text="x" * 100_000, camera="front"), "instruction is 100000 characters long; the limit is 2000"),
     (dict(text="a mug", camera="kitchen"), "unknown camera 'kitchen'; known cameras: ['front', 'rear']"),
+    # under the character limit but more tokens than the loaded model reads: refused on arrival, not per frame
+    (dict(text="the small red disk next to the green square " * 20, camera="front"),
+     "more than the limit of 128 (max_instruction_tokens)"),
 ])
 def test_bad_instructions_on_the_service_are_returned(client, fields, expected):
     assert set_instruction(client, id="keep2", text="the red circle", camera="front").success

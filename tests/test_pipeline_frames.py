@@ -14,6 +14,7 @@ from pipeline_helpers import load_seeing_tiny
 from instructsam.data.synthetic import SyntheticVideos
 from instructsam.errors import ImageInputError, InstructionError
 from instructsam.pipeline.frame_pipeline import FramePipeline, FrameResult, PipelineSettings
+from instructsam.pipeline.instructions import InstructionBook, InstructionRejected
 
 # the tiny model's detector is random: its slot scores are ~0.25, so threshold 0 makes it detect something
 DETECT_ALL = dict(score_threshold=0.0)
@@ -100,6 +101,22 @@ def test_each_frame_is_encoded_once_and_shared_by_detector_and_tracker(model, vi
         for h in hooks:
             h.remove()
     assert reasons == ["first", "", "", "interval", "", "instruction", ""]
+
+
+def test_default_settings_report_at_the_checkpoints_score_threshold(model, video):
+    # the random tiny model's slot scores are ~0.25: the checkpoint's threshold decides whether anything is reported
+    saved = model.config.score_threshold
+    counts = {}
+    try:
+        for threshold in (0.0, 0.99):
+            model.config.score_threshold = threshold
+            p = FramePipeline(model, ["cam"], PipelineSettings())
+            p.instructions.set("every solid disk")
+            p.submit("cam", video.frames[0])
+            counts[threshold] = len(p.step("cam").instances)
+    finally:
+        model.config.score_threshold = saved
+    assert counts[0.0] > 0 and counts[0.99] == 0
 
 
 def test_tracked_frames_without_tracks_do_no_model_work(model, video):
@@ -195,10 +212,23 @@ def test_a_bad_frame_is_refused_recorded_and_later_frames_are_served(model, vide
         p.submit("nope", video.frames[0])
 
 
+LONG = "the small red disk next to the green square " * 20  # < 2000 characters, but > 128 tokens
+
+
+def test_an_instruction_the_model_cannot_read_is_refused_when_it_arrives(model):
+    p = FramePipeline(model, ["cam"])
+    p.instructions.set("every solid disk", instruction_id="ok")
+    with pytest.raises(InstructionRejected, match="tokens"):
+        p.instructions.set(LONG, instruction_id="long")
+    assert p.instructions.get("cam").id == "ok"  # the refused one replaced nothing
+
+
 def test_a_model_error_on_one_camera_does_not_stop_the_others(model, video):
-    p = FramePipeline(model, ["a", "b"], PipelineSettings(**DETECT_ALL))
-    # accepted by the book (< 2000 characters) but more tokens than the model takes: fails inside the model
-    p.instructions.set("the small red disk next to the green square " * 20, camera="a")
+    # the node keeps its instruction book across deactivate: an instruction accepted while no model was loaded
+    # can still be one the model refuses (too many tokens), and then fails inside the model, frame by frame
+    book = InstructionBook(["a", "b"])
+    book.set(LONG, camera="a")
+    p = FramePipeline(model, ["a", "b"], PipelineSettings(**DETECT_ALL), instructions=book)
     p.instructions.set("every solid disk", camera="b")
     results, errors = [], []
     for t in range(3):

@@ -64,6 +64,14 @@ def test_instruction_overrides_apply_to_detection_params():
     assert (p.task, p.score_threshold, p.max_instances) == ("multi_instance", 0.0, 3)
 
 
+def test_the_default_score_threshold_is_the_checkpoints_own():
+    # PipelineSettings' default -1 passes None on, which model.postprocess reads as config.score_threshold
+    assert PipelineSettings().score_threshold < 0
+    assert effective_params(A, PipelineSettings()).score_threshold is None
+    own = ActiveInstruction(id="o", text="x", score_threshold=0.3)
+    assert effective_params(own, PipelineSettings()).score_threshold == 0.3
+
+
 @pytest.mark.parametrize("bad", [dict(score_threshold=1.5), dict(keyframe_interval=-1), dict(max_tracked=0),
                                  dict(default_task="chat"), dict(nms_iou=-0.1), dict(lost_patience=-2)])
 def test_settings_reject_bad_values_naming_the_field(bad):

@@ -198,6 +198,46 @@ def test_criterion_is_invariant_to_slot_order_and_resizes_target_masks():
     assert float(losses["loss"]) > 1.0
 
 
+def with_other_objects(targets: list[dict], size: int = 16) -> list[dict]:
+    """square_targets plus one annotated non-target object per sample (label 0), after the targets."""
+    out = []
+    for i, t in enumerate(targets):
+        other = torch.zeros(1, size, size, dtype=torch.bool)
+        other[0, 12:15, 12 - i:15 - i] = True
+        box = torch.tensor([[12 - i, 12, 15 - i, 15]], dtype=torch.float32) / size
+        out.append({"masks": torch.cat([t["masks"], other]), "boxes": torch.cat([t["boxes"], box]),
+                    "labels": torch.cat([torch.ones(len(t["boxes"])), torch.zeros(1)])})
+    return out
+
+
+def test_detect_all_supervises_every_objects_mask_but_scores_only_the_targets():
+    targets = square_targets()
+    everything = with_other_objects(targets)
+    # perfect for all objects (targets scored high, the other object low)
+    outputs = perfect_outputs(everything, k=5, size=16)
+    for i, t in enumerate(everything):
+        other_slot = (outputs["mask_logits"][i] > 0).flatten(1).float() @ t["masks"][-1].flatten().float()
+        outputs["logits"][i, other_slot.argmax()] = -30.0
+    outputs["aux_logits"] = outputs["logits"].expand(2, -1, -1).clone()
+    outputs["presence_logits"] = torch.tensor([30.0, -30.0, 30.0])  # sample 1 has no target, only the other object
+    outputs["aux_presence_logits"] = outputs["presence_logits"].expand(2, -1).clone()
+    outputs["semantic_seg"] = perfect_outputs(targets, k=5, size=16)["semantic_seg"]  # the union of targets only
+    detect_all = SetCriterion(HungarianMatcher(), class_loss="bce", detect_all=True)
+    losses = detect_all(outputs, everything)
+    assert float(losses["loss"]) < 1e-3, {k: float(v) for k, v in losses.items()}
+    # the same outputs are wrong for targets-only matching only in the extra objects' masks being unsupervised:
+    # a wrong mask on another object costs detect_all, not the targets-only criterion
+    for i in range(3):
+        slot = (outputs["mask_logits"][i] > 0).flatten(1).float() @ everything[i]["masks"][-1].flatten().float()
+        outputs["mask_logits"][i, slot.argmax()] *= -1
+    assert float(detect_all(outputs, everything)["loss_dice"]) > 0.3  # 3 of 6 objects wrong
+    targets_only = SetCriterion(HungarianMatcher(), class_loss="bce")
+    assert float(targets_only(outputs, everything)["loss_dice"]) < 1e-3
+    # scoring the other object high is a class mistake under detect_all
+    outputs = perfect_outputs(everything, k=5, size=16)  # every object, the other one included, scored 1
+    assert float(detect_all(outputs, everything)["loss_class"]) > 1.0
+
+
 def test_criterion_gradients_reach_matched_slots_only_for_mask_terms():
     targets = square_targets()
     outputs = perfect_outputs(targets, k=5, size=16, confidence=2.0)

@@ -184,14 +184,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] planner: from frame {s.at_frame:4d}: {s.id} {s.text!r} ({s.kind})")
     print(f"[demo] logs: {logs}/  (ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')})", flush=True)
 
-    # the checkpoint's calibrated score threshold (instructsam.evaluation.calibrate) rather than the node YAML's
-    # generic 0.5, which the shipped tiny model's scores never reach; a -p score_threshold:=... still wins
+    # the node's YAML leaves score_threshold at -1: the checkpoint's own, calibrated on validation data
+    # (instructsam.evaluation.calibrate); a -p score_threshold:=... wins
     threshold = float(json.loads((checkpoint / "config.json").read_text()).get("score_threshold", 0.5))
     print(f"[demo] score threshold: {threshold:g} (the checkpoint's calibrated default)", flush=True)
     python = sys.executable
     node_cmd = [python, "-m", "instructsam_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE),
                 *_param("checkpoint", str(checkpoint)), *_param("publish_overlay", True),
-                *_param("score_threshold", threshold),
                 # one torch thread: the camera, planner and recorder share the CPU, and torch's default (all
                 # cores) then stalls badly (the tiny model: 45 ms per frame on one thread, 0.1-6 s on two busy ones)
                 *_param("num_threads", 1)]

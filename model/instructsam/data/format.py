@@ -19,14 +19,19 @@ class InstructionSample:
     target_ids: list[int] = field(default_factory=list)  # annotation ids of the targets
     masks: np.ndarray | None = None  # (N, H, W) bool
     boxes: np.ndarray | None = None  # (N, 4) xyxy float32, pixels
+    # the image's other annotated objects, which the instruction does not target (M may be 0 when unknown):
+    # training can supervise every object's mask and box and teach the score to select the targets among them
+    other_masks: np.ndarray | None = None  # (M, H, W) bool
+    other_boxes: np.ndarray | None = None  # (M, 4) xyxy float32, pixels
 
     def __post_init__(self) -> None:
         h, w = self.image.shape[:2]
-        if self.masks is None:
-            self.masks = np.zeros((0, h, w), dtype=bool)
-        if self.boxes is None:
-            self.boxes = np.zeros((0, 4), dtype=np.float32)
-        if self.masks.shape[1:] != (h, w) or len(self.masks) != len(self.boxes):
-            raise ValueError(
-                f"sample {self.instruction_id}: masks {self.masks.shape} / boxes {self.boxes.shape} "
-                f"do not match image {self.image.shape}")
+        for masks, boxes in (("masks", "boxes"), ("other_masks", "other_boxes")):
+            if getattr(self, masks) is None:
+                setattr(self, masks, np.zeros((0, h, w), dtype=bool))
+            if getattr(self, boxes) is None:
+                setattr(self, boxes, np.zeros((0, 4), dtype=np.float32))
+            m, b = getattr(self, masks), getattr(self, boxes)
+            if m.shape[1:] != (h, w) or len(m) != len(b):
+                raise ValueError(f"sample {self.instruction_id}: {masks} {m.shape} / {boxes} {b.shape} "
+                                 f"do not match image {self.image.shape}")

@@ -407,9 +407,15 @@ class Inst2SegDataset:
         ins = self.instructions[idx]
         image = self.load_image(ins["image_id"])
         h, w = image.shape[:2]
-        masks = np.stack([self.annotation_mask(t) for t in ins["target_ids"]]) if ins["target_ids"] \
-            else np.zeros((0, h, w), dtype=bool)
-        boxes = np.array([mask_to_box(m) for m in masks], dtype=np.float32).reshape(-1, 4)
+        targets = set(ins["target_ids"])
+        others = [a for a in self.anns_by_image[ins["image_id"]] if a not in targets]
+        masks, boxes = self._masks_and_boxes(ins["target_ids"], h, w)
+        other_masks, other_boxes = self._masks_and_boxes(others, h, w)
         return InstructionSample(image_id=ins["image_id"], image=image, instruction_id=str(ins["id"]),
                                  text=ins["text"], task=ins["task"], family=ins.get("family", ""),
-                                 target_ids=list(ins["target_ids"]), masks=masks, boxes=boxes)
+                                 target_ids=list(ins["target_ids"]), masks=masks, boxes=boxes,
+                                 other_masks=other_masks, other_boxes=other_boxes)
+
+    def _masks_and_boxes(self, ann_ids: list[int], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        masks = np.stack([self.annotation_mask(a) for a in ann_ids]) if ann_ids else np.zeros((0, h, w), dtype=bool)
+        return masks, np.array([mask_to_box(m) for m in masks], dtype=np.float32).reshape(-1, 4)

@@ -66,14 +66,21 @@ def generate_image_item(split: str, scene_index: int, image_size: int = 128, see
     return image_id, scene, instructions
 
 
+def _masks_and_boxes(objects, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    masks = np.stack([o.visible_mask for o in objects]) if objects else np.zeros((0, h, w), dtype=bool)
+    return masks, np.array([mask_to_box(m) for m in masks], dtype=np.float32).reshape(-1, 4)
+
+
 def to_sample(image_id: int, scene: Scene, ins: Instruction, instruction_id: str) -> InstructionSample:
     targets = sorted(ins.targets, key=lambda o: o.obj_id)
+    target_ids = {o.obj_id for o in targets}
+    others = [o for o in scene.visible_objects() if o.obj_id not in target_ids]  # (hidden slivers are neither)
     h, w = scene.image.shape[:2]
-    masks = np.stack([o.visible_mask for o in targets]) if targets else np.zeros((0, h, w), dtype=bool)
-    boxes = np.array([mask_to_box(m) for m in masks], dtype=np.float32).reshape(-1, 4)
+    masks, boxes = _masks_and_boxes(targets, h, w)
+    other_masks, other_boxes = _masks_and_boxes(others, h, w)
     return InstructionSample(image_id=image_id, image=scene.image, instruction_id=instruction_id, text=ins.text,
                              task=ins.task, family=ins.family, target_ids=[o.obj_id for o in targets],
-                             masks=masks, boxes=boxes)
+                             masks=masks, boxes=boxes, other_masks=other_masks, other_boxes=other_boxes)
 
 
 class SyntheticInst2Seg:

@@ -17,6 +17,9 @@ Metrics (all in [0, 1]; None when undefined, e.g. N-acc without no-target sample
                    as DIT), mIoU = mean IoU, oIoU = sum(I)/sum(U).
   duplicate_rate   kept predictions, greedily in score order, that reach IoU > 0.5 only with
                    targets an earlier prediction already covered, over all kept predictions.
+  pred_overlap     mean mask IoU over all pairs of kept predictions of the same sample: near 0 for a
+                   set of distinct instances, near 1 when the slots collapse onto one mask (e.g. all
+                   of them predicting the union of the objects); None without any pair.
 "Kept" predictions are those with score >= score_threshold; a sample is "predicted empty" when the
 union of its kept masks has no pixel.
 """
@@ -47,6 +50,8 @@ class SampleResult:
     iou: float  # GRES convention for no-target samples
     num_kept: int
     num_duplicates: int
+    pair_iou_sum: float  # sum of mask IoUs over the pairs of kept predictions
+    num_pairs: int
     ap: APRecord = field(repr=False)
 
 
@@ -98,10 +103,12 @@ def evaluate_sample(sample_id, image_id: int, gt_masks: np.ndarray, prediction,
 
     gt_rles, pred_rles = encode(gt), encode(pred)
     kept_rles = [r for r, k in zip(pred_rles, kept) if k]
+    pair_ious = iou_matrix(kept_rles, kept_rles)[np.triu_indices(len(kept_rles), k=1)]
     return SampleResult(
         sample_id=sample_id, family=family, has_target=has_target, pred_empty=pred_empty,
         inter=inter, union=union, iou=iou, num_kept=int(kept.sum()),
         num_duplicates=count_duplicates(kept_rles, gt_rles),
+        pair_iou_sum=float(pair_ious.sum()), num_pairs=len(pair_ious),
         ap=APRecord(image_id, h, w, gt_rles, pred_rles, scores.tolist()))
 
 
@@ -126,6 +133,7 @@ def summarize_results(results: list[SampleResult], max_dets: int = 100) -> dict:
     out["mIoU"] = _ratio(sum(r.iou for r in targeted), len(targeted))
     out["oIoU"] = _ratio(sum(r.inter for r in targeted), sum(r.union for r in targeted))
     out["duplicate_rate"] = _ratio(sum(r.num_duplicates for r in results), num_kept)
+    out["pred_overlap"] = _ratio(sum(r.pair_iou_sum for r in results), sum(r.num_pairs for r in results))
     return out
 
 

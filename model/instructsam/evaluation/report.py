@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 TABLE_METRICS = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "P@0.5", "P@0.7",
-                 "P@0.9", "mIoU", "oIoU", "duplicate_rate",
+                 "P@0.9", "mIoU", "oIoU", "duplicate_rate", "pred_overlap",
                  "J", "F", "J&F", "MOTA", "id_switches")  # the last five: VideoEvaluator
 BAR_METRICS = ("gIoU", "cIoU", "mAP", "T-acc", "N-acc")
 TIMELINE_KEYS = ("J", "F", "mean_matched_iou", "num_gt", "num_pred", "id_switches_cum",

@@ -37,7 +37,9 @@ STATS_WINDOW = 256  # latencies kept per camera for the percentiles (a bounded d
 class PipelineSettings:
     keyframe_interval: int = 10  # run the detector every N processed frames (0 or 1: every frame)
     keyframe_seconds: float = 0.0  # also run it when this many seconds passed since the last keyframe (0: off)
-    score_threshold: float = 0.5  # detections scoring lower are not reported (an instruction may override)
+    # detections scoring lower are not reported (an instruction may override); < 0: the checkpoint's own
+    # threshold (config.score_threshold, calibrated on validation data when the model was trained)
+    score_threshold: float = -1.0
     mask_threshold: float = 0.35  # mask probability above which a pixel belongs to an instance (DIT's 0.35)
     nms_iou: float = 0.5  # IoU (box, then mask) above which the lower-scoring of two instances is suppressed
     max_instances: int = 20  # at most this many detections per keyframe (an instruction may override)
@@ -58,8 +60,9 @@ class PipelineSettings:
 
         check(self.keyframe_interval >= 0, "keyframe_interval", ">= 0")
         check(self.keyframe_seconds >= 0, "keyframe_seconds", ">= 0")
-        for name in ("score_threshold", "mask_threshold", "nms_iou", "match_iou"):
+        for name in ("mask_threshold", "nms_iou", "match_iou"):
             check(0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]")
+        check(self.score_threshold <= 1.0, "score_threshold", "in [0, 1] (or < 0: the checkpoint's threshold)")
         check(self.max_instances >= 1, "max_instances", ">= 1")
         check(self.max_tracked >= 1, "max_tracked", ">= 1")
         check(self.lost_patience >= 0, "lost_patience", ">= 0")
@@ -133,10 +136,15 @@ class FramePipeline:
         self.settings = settings if settings is not None else PipelineSettings()
         self.instructions = (instructions if instructions is not None
                              else InstructionBook(list(cameras), self.settings.max_instruction_chars))
+        self.instructions.model_check = self._check_instruction
         self._cameras = {name: _Camera(name) for name in cameras}
         self._order = list(cameras)
         self._next = 0  # round-robin position of step_any
         self._slots = threading.Lock()  # pending slots, counters, round-robin position
+
+    def _check_instruction(self, text: str, task: str) -> None:
+        """Tokenise as the detector will (raises InstructionError, e.g. over max_instruction_tokens)."""
+        self.model.prompts.encode([text], task or self.settings.default_task, with_queries=False)
 
     @property
     def cameras(self) -> list[str]:

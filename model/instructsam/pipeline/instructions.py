@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_CHARS = 2000  # a planner's sentence, with room; far above any template we train on
@@ -29,11 +30,14 @@ class InstructionBook:
 
     An instruction for camera "" applies to every camera; a camera-specific instruction overrides
     it for that camera. Empty text clears (for one camera, or for all when camera is "").
+    `model_check(text, task)`, set while a model is loaded (FramePipeline does), refuses what that model cannot
+    read (e.g. more tokens than it accepts) when the instruction arrives rather than on every frame.
     """
 
     def __init__(self, cameras: list[str], max_chars: int = DEFAULT_MAX_CHARS):
         self.cameras = list(cameras)
         self.max_chars = max_chars
+        self.model_check: Callable[[str, str], None] | None = None  # raises ValueError naming the problem
         self._active: dict[str, ActiveInstruction] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -51,6 +55,12 @@ class InstructionBook:
         if len(text) > self.max_chars:
             raise InstructionRejected(
                 f"instruction is {len(text)} characters long; the limit is {self.max_chars}")
+        check = self.model_check
+        if text and check is not None:
+            try:
+                check(text, task)
+            except ValueError as err:
+                raise InstructionRejected(str(err)) from err
         with self._lock:
             targets = [camera] if camera else self.cameras
             if not text:

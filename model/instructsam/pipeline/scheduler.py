@@ -22,15 +22,17 @@ class DetectionParams:
     """Detector settings for one frame: the pipeline's, with the instruction's overrides applied."""
 
     task: str
-    score_threshold: float
+    score_threshold: float | None  # None: the checkpoint's own (model.config.score_threshold)
     max_instances: int
 
 
 def effective_params(instruction: ActiveInstruction, settings) -> DetectionParams:
-    """ActiveInstruction overrides (task "" / max_instances 0 / score_threshold < 0 mean "pipeline default")."""
+    """ActiveInstruction overrides (task "" / max_instances 0 / score_threshold < 0 mean "pipeline default"; a
+    pipeline score_threshold < 0 means the checkpoint's own, passed on as None)."""
+    threshold = instruction.score_threshold if instruction.score_threshold >= 0 else settings.score_threshold
     return DetectionParams(
         task=instruction.task or settings.default_task,
-        score_threshold=instruction.score_threshold if instruction.score_threshold >= 0 else settings.score_threshold,
+        score_threshold=threshold if threshold >= 0 else None,
         max_instances=instruction.max_instances if instruction.max_instances > 0 else settings.max_instances)
 
 

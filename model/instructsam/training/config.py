@@ -53,6 +53,8 @@ class LossSection:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     aux_loss: bool = True
+    # match slots to every annotated object (the instruction's targets score 1, the others 0): see criterion.py
+    detect_all: bool = False
 
 
 @dataclass

@@ -1,15 +1,21 @@
 """The set-prediction loss (DETR's SetCriterion): Hungarian-match slots to targets, then supervise
 
-    class      every slot's logit: matched = 1, unmatched = 0 ("no object"); sigmoid focal loss or BCE
+    class      every slot's logit: matched to a target = 1, unmatched (or matched to another object) = 0;
+               sigmoid focal loss or BCE
     presence   the presence logit: 1 iff the (image, instruction) has any target. This is what teaches a
                no-target instruction to predict the empty set (the score is sigmoid(logit) * presence).
-    mask, dice matched slots' mask logits vs their target masks (sigmoid BCE + Dice)
+    mask, dice matched slots' mask logits vs their objects' masks (sigmoid BCE + Dice)
     bbox, giou matched slots' normalised xyxy boxes (L1 + generalized IoU)
     semantic   SAM3's semantic-segmentation head vs the union of the targets (BCE + Dice; empty for a no-target
                instruction): dense, matching-free supervision of the prompt-conditioned pixel features, as SAM3
                trains it. Skipped when the output has no semantic_seg or its weight is 0.
 
-and the class / presence / box terms again on every earlier DETR-decoder layer (auxiliary losses, re-matched per
+With `detect_all` the slots are matched to every annotated object of the image (targets labelled 1, the other
+objects 0: a target dict's "labels"), so masks and boxes are supervised on all objects whatever the instruction
+asks, and the score alone must select the instruction's targets among them: mask and box learning no longer waits
+for the instruction to be understood. Without it the other objects are dropped (DETR's targets-only matching).
+
+The class / presence / box terms are added again on every earlier DETR-decoder layer (auxiliary losses, re-matched per
 layer without mask costs, as DETR re-matches each layer). Losses over targets are normalised by the number of
 targets in the global batch (averaged over DDP ranks), as DETR does.
 """
@@ -21,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from .matcher import HungarianMatcher, get_field, resize_masks
+from .matcher import HungarianMatcher, get_field, resize_masks, target_labels
 
 DEFAULT_WEIGHTS = {"class": 2.0, "presence": 2.0, "mask": 5.0, "dice": 5.0, "bbox": 5.0, "giou": 2.0,
                    "semantic": 1.0}
@@ -44,6 +50,14 @@ def global_num_targets(targets: list[dict], device: torch.device) -> float:
     return max(float(n), 1.0)
 
 
+def only_targets(target: dict) -> dict:
+    """A target dict without the other annotated objects (labels 0)."""
+    keep = target_labels(target) > 0.5
+    if bool(keep.all()):
+        return target
+    return {k: (v[keep.to(v.device)] if k in ("masks", "boxes", "labels") else v) for k, v in target.items()}
+
+
 class SetCriterion(nn.Module):
     """Losses for InstanceSetOutput against per-sample targets.
 
@@ -53,11 +67,13 @@ class SetCriterion(nn.Module):
     class_loss: "focal" (sigmoid focal loss normalised by the number of targets, as Deformable DETR) or "bce"
         (mean binary cross-entropy over all slots).
     aux_loss: add class / presence / box losses for each earlier decoder layer when the output has them.
+    detect_all: match slots to the other annotated objects too (see the module docstring).
     Returns a dict of unweighted terms (`loss_class`, ..., `loss_class_aux0`, ...) and the weighted sum `loss`.
     """
 
     def __init__(self, matcher: HungarianMatcher, weights: dict[str, float] | None = None, class_loss: str = "focal",
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True,
+                 detect_all: bool = False):
         super().__init__()
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
@@ -68,12 +84,13 @@ class SetCriterion(nn.Module):
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self.class_loss, self.focal_alpha, self.focal_gamma = class_loss, focal_alpha, focal_gamma
         self.aux_loss = aux_loss
+        self.detect_all = detect_all
 
     # ---- individual terms -------------------------------------------------------------------------------------
-    def loss_class(self, logits: torch.Tensor, indices, num_targets: float) -> torch.Tensor:
+    def loss_class(self, logits: torch.Tensor, targets: list[dict], indices, num_targets: float) -> torch.Tensor:
         labels = torch.zeros_like(logits, dtype=torch.float32)
-        for n, (slots, _) in enumerate(indices):
-            labels[n, slots.to(logits.device)] = 1.0
+        for n, (slots, objects) in enumerate(indices):
+            labels[n, slots.to(logits.device)] = target_labels(targets[n])[objects].to(logits.device)
         if self.class_loss == "focal":
             loss = sigmoid_focal_loss(logits.float(), labels, self.focal_alpha, self.focal_gamma, reduction="sum")
             return loss / num_targets
@@ -81,7 +98,8 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     def loss_presence(presence_logits: torch.Tensor, targets: list[dict]) -> torch.Tensor:
-        present = torch.tensor([float(len(t["boxes"]) > 0) for t in targets], device=presence_logits.device)
+        present = torch.tensor([float(bool((target_labels(t) > 0.5).any())) for t in targets],
+                               device=presence_logits.device)
         return F.binary_cross_entropy_with_logits(presence_logits.float(), present)
 
     @staticmethod
@@ -120,16 +138,19 @@ class SetCriterion(nn.Module):
     def loss_semantic(semantic_logits: torch.Tensor, targets: list[dict]) -> torch.Tensor:
         """(N, 1, h, w) logits vs the union of each sample's target masks: mean BCE + mean Dice."""
         size = tuple(semantic_logits.shape[-2:])
-        union = torch.stack([resize_masks(t["masks"].to(semantic_logits.device), size).amax(0)
-                             if len(t["masks"]) else semantic_logits.new_zeros(size, dtype=torch.float32)
-                             for t in targets]).flatten(1)
+        unions = []
+        for t in targets:
+            masks = t["masks"][target_labels(t) > 0.5]
+            unions.append(resize_masks(masks.to(semantic_logits.device), size).amax(0) if len(masks)
+                          else semantic_logits.new_zeros(size, dtype=torch.float32))
+        union = torch.stack(unions).flatten(1)
         src = semantic_logits.float().flatten(1)
         return F.binary_cross_entropy_with_logits(src, union) + dice_loss(src, union).mean()
 
     # ---- all terms ----------------------------------------------------------------------------------------------
     def _layer_losses(self, logits, boxes, presence_logits, targets, indices, num_targets) -> dict[str, torch.Tensor]:
         loss_bbox, loss_giou = self.loss_boxes(boxes, targets, indices, num_targets)
-        return {"loss_class": self.loss_class(logits, indices, num_targets),
+        return {"loss_class": self.loss_class(logits, targets, indices, num_targets),
                 "loss_presence": self.loss_presence(presence_logits, targets),
                 "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
@@ -140,6 +161,8 @@ class SetCriterion(nn.Module):
         presence_logits = get_field(outputs, "presence_logits")
         if len(targets) != len(logits):
             raise ValueError(f"{len(targets)} targets for {len(logits)} predicted instance sets")
+        if not self.detect_all:
+            targets = [only_targets(t) for t in targets]
         num_targets = global_num_targets(targets, logits.device)
 
         indices = self.matcher(outputs, targets)
@@ -170,4 +193,4 @@ class SetCriterion(nn.Module):
         return name.removeprefix("loss_").split("_aux")[0]
 
 
-__all__ = ["SetCriterion", "DEFAULT_WEIGHTS", "dice_loss", "global_num_targets"]
+__all__ = ["SetCriterion", "DEFAULT_WEIGHTS", "dice_loss", "global_num_targets", "only_targets"]

@@ -78,7 +78,8 @@ class Batch:
     instructions: list[str]
     tasks: list[str]
     image_index: list[int]
-    targets: list[dict]  # per instruction: masks (T, H, W) bool tensor, boxes (T, 4) normalised xyxy float32
+    # per instruction (see sample_target): masks (T, H, W) bool, boxes (T, 4) normalised xyxy, labels (T,)
+    targets: list[dict]
     samples: list[InstructionSample] = field(repr=False)
 
     def __len__(self) -> int:
@@ -96,11 +97,15 @@ class Batch:
 
 
 def sample_target(sample: InstructionSample) -> dict:
-    """Training target of one sample: masks at the original resolution, boxes normalised by the image size."""
+    """Training target of one sample: the targets then the image's other annotated objects, with masks at the
+    original resolution, boxes normalised by the image size and labels 1 (target) / 0 (other object)."""
     h, w = sample.image.shape[:2]
     scale = np.array([w, h, w, h], dtype=np.float32)
-    boxes = torch.from_numpy(np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4) / scale).clamp_(0.0, 1.0)
-    return {"masks": torch.from_numpy(np.asarray(sample.masks, dtype=bool)), "boxes": boxes}
+    boxes = np.concatenate([np.asarray(sample.boxes, np.float32).reshape(-1, 4),
+                            np.asarray(sample.other_boxes, np.float32).reshape(-1, 4)]) / scale
+    masks = np.concatenate([np.asarray(sample.masks, bool), np.asarray(sample.other_masks, bool)])
+    labels = torch.cat([torch.ones(len(sample.masks)), torch.zeros(len(sample.other_masks))])
+    return {"masks": torch.from_numpy(masks), "boxes": torch.from_numpy(boxes).clamp_(0.0, 1.0), "labels": labels}
 
 
 def collate_groups(dataset, groups: list[list[int]]):

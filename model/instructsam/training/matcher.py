@@ -15,6 +15,13 @@ from torch import nn
 from torchvision.ops import generalized_box_iou
 
 
+def target_labels(target: dict) -> torch.Tensor:
+    """(T,) float labels of a target dict: 1 = the instruction's target, 0 = another annotated object (all 1 when
+    the dict has no "labels")."""
+    labels = target.get("labels")
+    return torch.ones(len(target["boxes"])) if labels is None else labels.float()
+
+
 def get_field(outputs, name: str):
     """`outputs[name]` for a dict or an attribute of an InstanceSetOutput; None if absent."""
     if isinstance(outputs, Mapping):
@@ -62,8 +69,9 @@ class HungarianMatcher(nn.Module):
 
     outputs: InstanceSetOutput (or dict) with logits (N, K), boxes (N, K, 4) normalised xyxy and optionally
         mask_logits (N, K, h, w) (absent for auxiliary decoder layers: their cost has no mask terms).
-    targets: N dicts with "boxes" (T, 4) normalised xyxy and "masks" (T, H, W) (bool or float; resized to the
-        cost grid here).
+    targets: N dicts with "boxes" (T, 4) normalised xyxy, "masks" (T, H, W) (bool or float; resized to the
+        cost grid here) and optionally "labels" (T,): 1 for the instruction's targets, 0 for other objects of the
+        image, which a slot should cover with a *low* score (their class cost is reversed).
     Returns N (slot_indices, target_indices) int64 pairs, min(K, T) long each; T = 0 gives an empty match.
     """
 
@@ -102,7 +110,9 @@ class HungarianMatcher(nn.Module):
             if len(tgt_boxes) == 0:
                 costs.append(boxes.new_zeros((logits.shape[1], 0)))
                 continue
-            c = self.cost_class * focal_cost(logits[n], self.focal_alpha, self.focal_gamma)[:, None]
+            positive = target_labels(target).to(boxes.device)[None, :] > 0.5
+            class_cost = focal_cost(logits[n], self.focal_alpha, self.focal_gamma)[:, None]
+            c = self.cost_class * torch.where(positive, class_cost, -class_cost)
             c = c + self.cost_bbox * torch.cdist(boxes[n], tgt_boxes, p=1)
             c = c - self.cost_giou * generalized_box_iou(boxes[n], tgt_boxes)
             if use_masks:
@@ -132,4 +142,4 @@ class HungarianMatcher(nn.Module):
                 f"cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, mask_cost_size={self.mask_cost_size}")
 
 
-__all__ = ["HungarianMatcher", "get_field", "resize_masks", "focal_cost", "pairwise_mask_bce", "pairwise_dice"]
+__all__ = ["HungarianMatcher", "get_field", "target_labels", "resize_masks", "focal_cost", "pairwise_mask_bce", "pairwise_dice"]

@@ -203,7 +203,7 @@ def build_criterion(cfg: TrainConfig) -> nn.Module:
                                cost_bbox=mc.cost_bbox, cost_giou=mc.cost_giou, mask_cost_size=mc.mask_cost_size,
                                focal_alpha=lc.focal_alpha, focal_gamma=lc.focal_gamma)
     return SetCriterion(matcher, weights=lc.weights, class_loss=lc.class_loss, focal_alpha=lc.focal_alpha,
-                        focal_gamma=lc.focal_gamma, aux_loss=lc.aux_loss)
+                        focal_gamma=lc.focal_gamma, aux_loss=lc.aux_loss, detect_all=lc.detect_all)
 
 
 class SegmentationStep(nn.Module):
@@ -370,7 +370,7 @@ def evaluate_during_training(run: Run, final: bool = False) -> dict | None:
 
             summary, _ = evaluate_model(run.model, run.val_dataset, max_samples=run.cfg.train.eval_samples,
                                         images_per_batch=max(1, run.cfg.data.images_per_batch), num_overlays=0)
-            keys = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "mIoU", "duplicate_rate")
+            keys = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "mIoU", "duplicate_rate", "pred_overlap")
         run.log.write({"step": run.state.step, "eval": {k: summary.get(k) for k in keys}, "final": final})
         run.model.train()
     barrier()
