@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torchvision.ops import box_convert
 
 from instructsam.modeling import InstructSAMModel
 from instructsam.training.config import load_config
 from instructsam.training.criterion import SetCriterion
 from instructsam.training.data import build_dataset, epoch_batches, image_groups
+from instructsam.training.denoising import noised_reference_boxes
 from instructsam.training.matcher import HungarianMatcher
 from instructsam.training.trainer import load_step_model, train, warmup_cosine
 from training_helpers import REPO, build_test_model
@@ -238,6 +240,69 @@ def test_detect_all_supervises_every_objects_mask_but_scores_only_the_targets():
     assert float(detect_all(outputs, everything)["loss_class"]) > 1.0
 
 
+def test_denoising_boxes_stay_near_their_objects_and_pad_with_placeholders():
+    targets = with_other_objects(square_targets())
+    exact = noised_reference_boxes(targets, noise=0.0)
+    assert exact.shape == (3, 3, 4)  # the most objects in a sample: 2 targets + 1 other
+    for n, t in enumerate(targets):
+        torch.testing.assert_close(exact[n, : len(t["boxes"])], box_convert(t["boxes"], "xyxy", "cxcywh"))
+    torch.testing.assert_close(exact[1, 1:], torch.tensor([[0.5, 0.5, 1.0, 1.0]] * 2).clamp(max=1 - 1e-3))
+    torch.manual_seed(0)
+    noisy = noised_reference_boxes(targets, noise=0.4)
+    gt = exact[0, :3]
+    assert not torch.allclose(noisy[0, :3], gt)
+    assert ((noisy[0, :3, :2] - gt[:, :2]).abs() <= 0.4 * gt[:, 2:] / 2 + 1e-6).all()
+    assert ((noisy[0, :3, 2:] / gt[:, 2:] - 1).abs() <= 0.4 + 1e-6).all()
+
+
+def test_denoising_losses_are_near_zero_for_exact_outputs_and_catch_each_mistake():
+    targets = with_other_objects(square_targets())
+    outputs = perfect_outputs(targets, k=5, size=16)
+    # denoising query i = object i: exact masks and boxes, scores following the labels (placeholders anything)
+    m = 3
+    dn_masks, dn_boxes, dn_logits = torch.full((3, m, 16, 16), -30.0), torch.rand(3, m, 4), torch.zeros(3, m)
+    for n, t in enumerate(targets):
+        k = len(t["boxes"])
+        dn_masks[n, :k] = t["masks"].float() * 60 - 30
+        dn_boxes[n, :k] = t["boxes"]
+        dn_logits[n, :k] = t["labels"] * 60 - 30
+    outputs.update(denoise_mask_logits=dn_masks, denoise_boxes=dn_boxes, denoise_logits=dn_logits)
+    criterion = SetCriterion(HungarianMatcher(), class_loss="bce", detect_all=True)
+    losses = criterion(outputs, targets)
+    dn_terms = {"loss_class_dn", "loss_bbox_dn", "loss_giou_dn", "loss_mask_dn", "loss_dice_dn"}
+    assert dn_terms <= set(losses)
+    assert all(float(losses[k]) < 1e-3 for k in dn_terms), {k: float(losses[k]) for k in dn_terms}
+    assert SetCriterion.term("loss_mask_dn") == "mask" and SetCriterion.term("loss_class_aux0") == "class"
+    wrong = {"loss_class_dn": lambda: dn_logits.neg_(), "loss_bbox_dn": lambda: dn_boxes.add_(0.1),
+             "loss_dice_dn": lambda: dn_masks[0].copy_(dn_masks[0][[1, 0, 2]])}  # two objects' masks swapped
+    for term, corrupt in wrong.items():
+        saved = (dn_masks.clone(), dn_boxes.clone(), dn_logits.clone())
+        corrupt()
+        assert float(criterion(outputs, targets)[term]) > 0.05, term
+        for dst, src in zip((dn_masks, dn_boxes, dn_logits), saved):
+            dst.copy_(src)
+
+
+def test_denoising_queries_run_apart_from_the_slots(test_model):
+    model = InstructSAMModel.from_pretrained(str(test_model)).eval()
+    images = [np.full((64, 64, 3), 90, np.uint8), np.zeros((64, 64, 3), np.uint8)]
+    with torch.no_grad():
+        features = model.encode_image(images)
+        plain = model.segment(features, ["the red circle", "every square"], reuse_prefix=False)
+        boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]], [[0.5, 0.5, 0.4, 0.4]] * 2])
+        with_dn = model.segment(features, ["the red circle", "every square"], reuse_prefix=False,
+                                denoise_boxes=boxes)
+    # the K slots are unchanged by the extra queries (a separate detector pass: they cannot see the ground truth)
+    torch.testing.assert_close(with_dn.mask_logits, plain.mask_logits)
+    torch.testing.assert_close(with_dn.logits, plain.logits)
+    assert plain.denoise_logits is None
+    h = plain.mask_logits.shape[-1]
+    assert with_dn.denoise_mask_logits.shape == (2, 2, h, h) and with_dn.denoise_boxes.shape == (2, 2, 4)
+    assert with_dn.denoise_logits.shape == (2, 2)
+    # the query placed at a different box predicts a different mask
+    assert not torch.allclose(with_dn.denoise_mask_logits[0, 0], with_dn.denoise_mask_logits[0, 1])
+
+
 def test_criterion_gradients_reach_matched_slots_only_for_mask_terms():
     targets = square_targets()
     outputs = perfect_outputs(targets, k=5, size=16, confidence=2.0)
@@ -290,6 +355,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(REPO / "config" / "train_tiny.yaml", ["train.max_step=7"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="loss.denoise"):
+        load_config(REPO / "config" / "train_tiny.yaml", ["loss.denoise=1.5"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,10 +383,12 @@ def read_log(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_falls_and_resume_is_exact(test_model, tmp_path):
+@pytest.mark.parametrize("loss_options", [(), ("loss.detect_all=true", "loss.denoise=0.4")],
+                         ids=["targets", "detect_all+denoise"])
+def test_loss_falls_and_resume_is_exact(test_model, tmp_path, loss_options):
     torch.set_num_threads(1)
     full = tmp_path / "full"
-    result = train(run_config(test_model, full))
+    result = train(run_config(test_model, full, *loss_options))
     assert result["step"] == 30
     losses = [r["loss"] for r in read_log(full) if "loss" in r]
     assert len(losses) == 30  # log_every = 1
@@ -327,7 +396,7 @@ def test_loss_falls_and_resume_is_exact(test_model, tmp_path):
     assert last < 0.75 * first, f"loss did not fall: first 5 steps {first:.3f}, last 5 {last:.3f}"
 
     split = tmp_path / "split"
-    cfg = run_config(test_model, split)
+    cfg = run_config(test_model, split, *loss_options)
     stopped = train(cfg, stop_at_step=15)
     assert stopped["step"] == 15 and "final" not in stopped
     resumed = train(cfg, resume=split / "checkpoints" / "step_0000015")

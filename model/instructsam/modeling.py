@@ -335,7 +335,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         return index
 
     def segment(self, features: ImageFeatures, instructions: list[str], image_index: list[int] | None = None,
-                task: str | list[str] | None = None, reuse_prefix: bool = True) -> InstanceSetOutput:
+                task: str | list[str] | None = None, reuse_prefix: bool = True,
+                denoise_boxes: torch.Tensor | None = None) -> InstanceSetOutput:
         """K instance slots per instruction, all N instructions in one batched pass over cached features.
 
         image_index: the image (in `features`) of each instruction; default all image 0 for one image, or
@@ -343,6 +344,10 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         task: instruction template ("referring", "reasoning", "multi_instance", "video"), one for all or one per
             instruction; default config.template_task.
         reuse_prefix: run the image prefix once per image and reuse its KV cache for every instruction.
+        denoise_boxes: training only, (N, M, 4) cxcywh reference boxes (noised ground truth) for M extra
+            "denoising" queries (DN-DETR), run through the detector in a separate pass so the K slots never see
+            them. Their content is the instruction's mean slot query; each must segment and score the object at
+            its box, a direct, matching-free lesson in separating instances.
         """
         if features.vlm_image_embeds is None:
             raise ValueError("these image features were encoded without the VLM part (encode_image(..., vlm=False));"
@@ -361,13 +366,21 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             self.detector, select_vision(features.sam3, index), prompt.to(sam_dtype),
             tokens.prompt_mask.to(self.device), queries.to(sam_dtype), reference_boxes.to(sam_dtype))
         presence_logits = det.presence_logits[:, 0]
+        denoise = {}
+        if denoise_boxes is not None:
+            content = queries.mean(1, keepdim=True).expand(-1, denoise_boxes.shape[1], -1)
+            dn = detect_with_queries(
+                self.detector, select_vision(features.sam3, index), prompt.to(sam_dtype),
+                tokens.prompt_mask.to(self.device), content.to(sam_dtype), denoise_boxes.to(self.device, sam_dtype))
+            denoise = dict(denoise_mask_logits=dn.pred_masks, denoise_boxes=dn.pred_boxes,
+                           denoise_logits=dn.pred_logits)
         return InstanceSetOutput(
             mask_logits=det.pred_masks, boxes=det.pred_boxes, logits=det.pred_logits,
             scores=det.pred_logits.sigmoid() * presence_logits.sigmoid()[:, None],
             presence_logits=presence_logits, presence=presence_logits.sigmoid(),
             aux_boxes=det.all_pred_boxes, aux_logits=det.all_pred_logits,
             aux_presence_logits=det.all_presence_logits[..., 0], reference_boxes=reference_boxes,
-            semantic_seg=det.semantic_seg, query_states=query_states, image_index=index)
+            semantic_seg=det.semantic_seg, query_states=query_states, image_index=index, **denoise)
 
     def forward(self, images: ImagesInput | None = None, instructions: list[str] | None = None,
                 image_index: list[int] | None = None, task: str | list[str] | None = None,

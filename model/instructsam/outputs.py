@@ -57,6 +57,8 @@ class InstanceSetOutput(ModelOutput):
     semantic_seg: (N, 1, h, w) SAM3's semantic-segmentation head.
     query_states: (N, K, d_vlm) final VLM states of the query tokens.
     image_index: (N,) which image of the features each instruction ran on.
+    denoise_mask_logits / denoise_boxes / denoise_logits: (N, M, h, w) / (N, M, 4) / (N, M), training only: the
+        detector's outputs for M denoising queries placed at given (noised ground-truth) boxes (see `segment`).
     """
 
     mask_logits: torch.Tensor | None = None
@@ -72,6 +74,9 @@ class InstanceSetOutput(ModelOutput):
     semantic_seg: torch.Tensor | None = None
     query_states: torch.Tensor | None = None
     image_index: torch.Tensor | None = None
+    denoise_mask_logits: torch.Tensor | None = None
+    denoise_boxes: torch.Tensor | None = None
+    denoise_logits: torch.Tensor | None = None
 
 
 @dataclass

@@ -55,6 +55,8 @@ class LossSection:
     aux_loss: bool = True
     # match slots to every annotated object (the instruction's targets score 1, the others 0): see criterion.py
     detect_all: bool = False
+    # denoising queries at the supervised objects' boxes with this much noise (0: off): see denoising.py
+    denoise: float = 0.0
 
 
 @dataclass
@@ -107,6 +109,9 @@ class TrainConfig:
             raise ValueError(f"objective {self.objective!r} needs "
                              f"{'synthetic_video:' if self.objective == 'tracking' else 'image'} data specs for "
                              f"data.train and data.val, got {self.data.train!r} / {self.data.val!r}")
+        if not 0 <= self.loss.denoise < 1:
+            raise ValueError(f"loss.denoise (box noise of the denoising queries) must be in [0, 1), got "
+                             f"{self.loss.denoise!r}")
         if t.max_steps < 1 or t.grad_accum_steps < 1 or t.log_every < 1 or t.checkpoint_every < 1:
             raise ValueError("train.max_steps, grad_accum_steps, log_every and checkpoint_every must be >= 1")
         if t.mixed_precision not in ("no", "bf16", "fp16"):

@@ -10,6 +10,9 @@
                instruction): dense, matching-free supervision of the prompt-conditioned pixel features, as SAM3
                trains it. Skipped when the output has no semantic_seg or its weight is 0.
 
+With denoising queries in the output (`denoise_*`, see denoising.py) query i of sample n is supervised against
+object i of its target (mask, dice, bbox, giou as above; class = the object's label) as `loss_<term>_dn`.
+
 With `detect_all` the slots are matched to every annotated object of the image (targets labelled 1, the other
 objects 0: a target dict's "labels"), so masks and boxes are supervised on all objects whatever the instruction
 asks, and the score alone must select the instruction's targets among them: mask and box learning no longer waits
@@ -147,6 +150,10 @@ class SetCriterion(nn.Module):
         src = semantic_logits.float().flatten(1)
         return F.binary_cross_entropy_with_logits(src, union) + dice_loss(src, union).mean()
 
+    def supervised(self, targets: list[dict]) -> list[dict]:
+        """The objects the slots are matched to: all annotated ones with detect_all, else the targets only."""
+        return targets if self.detect_all else [only_targets(t) for t in targets]
+
     # ---- all terms ----------------------------------------------------------------------------------------------
     def _layer_losses(self, logits, boxes, presence_logits, targets, indices, num_targets) -> dict[str, torch.Tensor]:
         loss_bbox, loss_giou = self.loss_boxes(boxes, targets, indices, num_targets)
@@ -161,8 +168,7 @@ class SetCriterion(nn.Module):
         presence_logits = get_field(outputs, "presence_logits")
         if len(targets) != len(logits):
             raise ValueError(f"{len(targets)} targets for {len(logits)} predicted instance sets")
-        if not self.detect_all:
-            targets = [only_targets(t) for t in targets]
+        targets = self.supervised(targets)
         num_targets = global_num_targets(targets, logits.device)
 
         indices = self.matcher(outputs, targets)
@@ -183,14 +189,33 @@ class SetCriterion(nn.Module):
                                                   targets, layer_indices, num_targets)
                 losses.update({f"{k}_aux{layer}": v for k, v in layer_losses.items()})
 
+        if get_field(outputs, "denoise_logits") is not None:
+            losses.update(self.denoise_losses(outputs, targets, num_targets))
+
         total = sum(self.weights[self.term(name)] * value for name, value in losses.items())
         losses["loss"] = total
         return losses
 
+    def denoise_losses(self, outputs, targets: list[dict], num_targets: float) -> dict[str, torch.Tensor]:
+        """Denoising query i of sample n against object i of targets[n] (no matching)."""
+        logits = get_field(outputs, "denoise_logits")
+        indices = [(torch.arange(len(t["boxes"])), torch.arange(len(t["boxes"]))) for t in targets]
+        loss_bbox, loss_giou = self.loss_boxes(get_field(outputs, "denoise_boxes"), targets, indices, num_targets)
+        loss_mask, loss_dice = self.loss_masks(get_field(outputs, "denoise_mask_logits"), targets, indices,
+                                               num_targets)
+        batch, slots = self._matched(indices, logits.device)
+        if len(slots):
+            labels = torch.cat([target_labels(t) for t in targets]).to(logits.device)
+            loss_class = F.binary_cross_entropy_with_logits(logits[batch, slots].float(), labels)
+        else:
+            loss_class = logits.sum() * 0.0
+        return {"loss_class_dn": loss_class, "loss_bbox_dn": loss_bbox, "loss_giou_dn": loss_giou,
+                "loss_mask_dn": loss_mask, "loss_dice_dn": loss_dice}
+
     @staticmethod
     def term(name: str) -> str:
-        """'loss_bbox_aux0' -> 'bbox'."""
-        return name.removeprefix("loss_").split("_aux")[0]
+        """'loss_bbox_aux0' -> 'bbox', 'loss_mask_dn' -> 'mask'."""
+        return name.removeprefix("loss_").split("_aux")[0].removesuffix("_dn")
 
 
 __all__ = ["SetCriterion", "DEFAULT_WEIGHTS", "dice_loss", "global_num_targets", "only_targets"]

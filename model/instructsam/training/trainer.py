@@ -33,6 +33,7 @@ from .checkpointing import latest_checkpoint, load_checkpoint, load_trainable, p
 from .config import TrainConfig, load_config, resolve_path
 from .criterion import SetCriterion
 from .data import build_dataset, epoch_batches, image_groups, make_loader
+from .denoising import noised_reference_boxes
 from .matcher import HungarianMatcher
 from .tracking import TrackingCriterion, TrackingStep
 
@@ -214,9 +215,11 @@ class SegmentationStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, instructions: list[str], image_index: list[int], tasks: list[str]):
+    def forward(self, images, instructions: list[str], image_index: list[int], tasks: list[str],
+                denoise_boxes: torch.Tensor | None = None):
         features = self.model.encode_image(images)
-        return self.model.segment(features, instructions, image_index=image_index, task=tasks, reuse_prefix=False)
+        return self.model.segment(features, instructions, image_index=image_index, task=tasks, reuse_prefix=False,
+                                  denoise_boxes=denoise_boxes)
 
 
 def autocast_context(cfg: TrainConfig, device: torch.device):
@@ -389,9 +392,15 @@ def train_one_epoch(run: Run, loader) -> bool:
         last_micro = micro == accum
         sync = contextlib.nullcontext() if last_micro or not info.distributed else run.step_module.no_sync()
         with sync:
+            targets = batch.targets_on(info.device)
+            extra = {}
+            if cfg.objective == "instances" and cfg.loss.denoise > 0:
+                # the denoising queries sit at the objects the criterion supervises
+                extra["denoise_boxes"] = noised_reference_boxes(run.criterion.supervised(targets), cfg.loss.denoise,
+                                                                info.device)
             with autocast_context(cfg, info.device):
-                outputs = run.step_module(*batch.model_inputs())
-            losses = run.criterion(outputs, batch.targets_on(info.device))  # float32, outside autocast
+                outputs = run.step_module(*batch.model_inputs(), **extra)
+            losses = run.criterion(outputs, targets)  # float32, outside autocast
             loss = losses["loss"] / accum
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {state.step}: "
