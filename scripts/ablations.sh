@@ -19,9 +19,16 @@ for run in tiny tiny_causal tiny_k4 tiny_k64; do
     --out "$out/$run/eval" --score-threshold "$threshold" --num-overlays 0 --title "ablation $run" \
     --threads "${THREADS:-2}"
 done
-python - "$out" "$steps" "$threshold" > docs/ablations.md <<'PY'
+# the table is regenerated; the hand-written notes after the marker line in docs/ablations.md are kept
+python - "$out" "$steps" "$threshold" docs/ablations.md <<'PY'
 import json, sys
-out, steps, threshold = sys.argv[1:]
+from pathlib import Path
+out, steps, threshold, doc = sys.argv[1:]
+MARKER = "<!-- notes below are kept when scripts/ablations.sh regenerates the table above -->"
+old = Path(doc).read_text() if Path(doc).is_file() else ""
+notes = old[old.index(MARKER):] if MARKER in old else MARKER + "\n"
+lines = []
+print = lambda *a: lines.append(" ".join(str(x) for x in a))
 runs = [("tiny", "hybrid", 16), ("tiny_causal", "causal", 16), ("tiny_k4", "hybrid", 4), ("tiny_k64", "hybrid", 64)]
 print(f"# Ablations at one budget: {steps} steps from the same fresh tiny model\n")
 print(f"Command: `bash scripts/ablations.sh {steps} {threshold}` (test split, synthetic:test:800, "
@@ -33,5 +40,6 @@ for run, mode, k in runs:
     m = json.load(open(f"{out}/{run}/eval/metrics.json"))
     print(f"| {run} | {mode} | {k} | {fmt(m['mAP'], 4)} | {fmt(m['AP50'], 4)} | {fmt(m['gIoU'], 3)} | "
           f"{fmt(m['N-acc'], 3)} | {fmt(m['T-acc'], 3)} | {fmt(m['duplicate_rate'], 3)} |")
+Path(doc).write_text("\n".join(lines) + "\n\n" + notes)
 PY
 cat docs/ablations.md
