@@ -100,7 +100,9 @@ def test_recorded_timing_drops_frames_like_the_node(tmp_path):
     records = replay(made, timing="recorded", rate=100.0)  # 100 ms gaps played in 1 ms: the pipeline cannot keep up
     counts = records.counts()
     assert counts["frames"] == 8 and counts["processed"] + counts["dropped"] == 8
-    assert counts["dropped"] >= 1 and records.frames[0].status == "processed"
+    # which early frames a newer one replaced before the worker took them is a race, as in the node; the newest
+    # frame is never replaced, so it is always processed
+    assert counts["dropped"] >= 1 and max(records.frames, key=lambda f: f.seq).status == "processed"
     assert records.stats["cam0"]["dropped"] == counts["dropped"], "the drops are the pipeline's own"
     summary, _ = score([records])
     assert summary["frames"]["dropped"] == counts["dropped"] and summary["num_frames"] == counts["processed"]
