@@ -120,6 +120,29 @@ def test_tiny_build_is_deterministic(tmp_path):
                           json.loads((tiny_dir() / "config.json").read_text())["query_token_ids"])
 
 
+def test_he_init_gives_the_mask_embedder_a_slot_dependent_output(tmp_path):
+    import pytest
+
+    from instructsam.tiny import build_tiny_sources, load_spec
+
+    spec = load_spec("config/model_tiny.yaml")
+    path = "detector_model.mask_decoder.mask_embedder"
+    _, sam3_dir = build_tiny_sources(tmp_path / "he", dict(spec, he_init=[path]))
+    he = Sam3VideoModel.from_pretrained(sam3_dir).get_submodule(path)
+    default = load_tiny().sam3.get_submodule(path)
+    fan_in = he.layers[0].in_features
+    for i, (lin, ref) in enumerate(zip(he.layers, default.layers)):
+        gain = 1.0 if i == len(he.layers) - 1 else 2 ** 0.5
+        assert abs(float(lin.weight.std()) - gain / fan_in ** 0.5) < 0.02 and not lin.bias.any()
+        assert abs(float(ref.weight.std()) - 0.02) < 0.005  # the default init the option replaces
+    x = torch.randn(16, fan_in)  # 16 different slot states
+    with torch.no_grad():
+        spread = lambda m: float(m(x).std(0).mean())  # noqa: E731
+        assert spread(he) > 100 * spread(default)  # the default passes almost nothing of the slot state on
+    with pytest.raises(ValueError, match="no module 'detector_model.nope'"):
+        build_tiny_sources(tmp_path / "bad", dict(spec, he_init=["detector_model.nope"]))
+
+
 def test_tiny_training_step_is_cpu_fast():
     """Forward + backward of a batch of 8 at the tiny size (SAM3 frozen) on one thread: ~0.3 s here; the bound
     is loose because the test machines are shared."""

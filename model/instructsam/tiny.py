@@ -8,11 +8,15 @@ path real checkpoints take (`InstructSAMModel.from_pretrained`). Deterministic f
 
 The model yaml schema (shared with config/model_full.yaml): `seed`, `tokenizer.vocab_size`, `vlm`
 (Qwen3VLConfig kwargs; special-token ids come from the tokenizer), `sam3` (Sam3VideoConfig kwargs),
-`instructsam` (InstructSAMConfig kwargs).
+`instructsam` (InstructSAMConfig kwargs), and optionally `he_init`: SAM3 sub-modules (paths in Sam3VideoModel,
+e.g. detector_model.mask_decoder.mask_embedder) whose linear layers get He initialisation instead of the default
+std 0.02. SAM3's three-layer mask embedder at std 0.02 passes ~0.5% of a slot's state on, so its last-layer bias
+(the same for every slot) decides every slot's mask and a from-scratch detector starts out collapsed.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -62,6 +66,19 @@ def sam3_config_from_spec(spec: dict) -> Sam3VideoConfig:
     return Sam3VideoConfig(**(spec.get("sam3") or {}))
 
 
+def he_init_(module: torch.nn.Module) -> None:
+    """He-normal init of `module`'s linear layers in order (ReLU gain, the last one gain 1), zero biases."""
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(f"he_init: {type(module).__name__} has no linear layers")
+    with torch.no_grad():
+        for i, lin in enumerate(linears):
+            gain = 1.0 if i == len(linears) - 1 else math.sqrt(2.0)
+            lin.weight.normal_(0.0, gain / math.sqrt(lin.in_features))
+            if lin.bias is not None:
+                lin.bias.zero_()
+
+
 def build_tiny_sources(out_dir: str | Path, spec: dict) -> tuple[Path, Path]:
     """Save a tiny Qwen3-VL (+ tokenizer, image processor) and a tiny SAM3 video model; return their dirs."""
     out = Path(out_dir)
@@ -76,7 +93,13 @@ def build_tiny_sources(out_dir: str | Path, spec: dict) -> tuple[Path, Path]:
     Qwen2VLImageProcessor(patch_size=vc.patch_size, merge_size=vc.spatial_merge_size,
                           temporal_patch_size=vc.temporal_patch_size, image_mean=[0.5] * 3,
                           image_std=[0.5] * 3).save_pretrained(vlm_dir)
-    Sam3VideoModel(sam3_config_from_spec(spec)).save_pretrained(sam3_dir)
+    sam3 = Sam3VideoModel(sam3_config_from_spec(spec))
+    for path in spec.get("he_init") or []:
+        try:
+            he_init_(sam3.get_submodule(path))
+        except AttributeError:
+            raise ValueError(f"he_init: SAM3 has no module {path!r}") from None
+    sam3.save_pretrained(sam3_dir)
     return vlm_dir, sam3_dir
 
 

@@ -18,6 +18,7 @@ class ModelSection:
     checkpoint: str | None = None  # InstructSAM directory (from_pretrained); None = build a fresh tiny model
     tiny_config: str = "config/model_tiny.yaml"  # model yaml for the fresh build (instructsam.tiny.build_tiny)
     build_overrides: dict = field(default_factory=dict)  # merged into the tiny yaml's `instructsam:` (e.g. num_queries)
+    he_init: list = field(default_factory=list)  # SAM3 modules He-initialised in the fresh tiny model (tiny.py)
     overrides: dict = field(default_factory=dict)  # InstructSAMConfig fields set after loading (freezing, attention)
     freeze_modules: list = field(default_factory=list)  # parameter-name prefixes frozen on top of the config's freezing
 

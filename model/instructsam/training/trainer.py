@@ -100,7 +100,7 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
     else:
         directory = Path(cfg.output_dir) / "init"
         if info.is_main:
-            build_fresh_tiny(directory, m.tiny_config, m.build_overrides)
+            build_fresh_tiny(directory, m.tiny_config, m.build_overrides, m.he_init)
         barrier()
     model = InstructSAMModel.from_pretrained(str(directory))
     bad = sorted(set(m.overrides) & ARCHITECTURE_FIELDS)
@@ -136,13 +136,16 @@ def load_step_model(directory: str | Path, device: torch.device | str = "cpu") -
     return model.eval()
 
 
-def build_fresh_tiny(directory: Path, tiny_config: str, build_overrides: dict) -> None:
-    """instructsam.tiny.build_tiny with `build_overrides` merged into the yaml's `instructsam:` section.
-    An existing directory built from the same spec is reused; one built from another spec is an error."""
+def build_fresh_tiny(directory: Path, tiny_config: str, build_overrides: dict, he_init: list | None = None) -> None:
+    """instructsam.tiny.build_tiny with `build_overrides` merged into the yaml's `instructsam:` section (and
+    `he_init` added to its list). An existing directory built from the same spec is reused; one built from another
+    spec is an error."""
     from ..tiny import build_tiny, load_spec
 
     spec = load_spec(resolve_path(tiny_config))
     spec.setdefault("instructsam", {}).update(build_overrides or {})
+    if he_init:
+        spec["he_init"] = list(spec.get("he_init") or []) + list(he_init)
     text = yaml.safe_dump(spec, sort_keys=True)
     spec_file = directory / "tiny_spec.yaml"
     if (directory / "config.json").is_file() and spec_file.is_file():
