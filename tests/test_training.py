@@ -19,6 +19,7 @@ from instructsam.training.config import load_config
 from instructsam.training.criterion import SetCriterion
 from instructsam.training.data import build_dataset, epoch_batches, image_groups
 from instructsam.training.denoising import noised_reference_boxes
+from instructsam.training.export import main as export_main
 from instructsam.training.matcher import HungarianMatcher
 from instructsam.training.trainer import load_step_model, train, warmup_cosine
 from training_helpers import REPO, build_test_model
@@ -413,9 +414,14 @@ def test_loss_falls_and_resume_is_exact(test_model, tmp_path, loss_options):
     assert [r["step"] for r in resume_log] == list(range(1, 31))
     assert [r["loss"] for r in resume_log] == losses  # identical per-step losses, not just final weights
 
-    # a step checkpoint (trainable weights only) + its run's base model rebuilds the final model exactly
+    # a step checkpoint (trainable weights only) + its run's base model rebuilds the final model exactly, and the
+    # export command writes it as a directory that loads like any checkpoint
     rebuilt = load_step_model(split / "checkpoints" / "step_0000030").state_dict()
     final = InstructSAMModel.from_pretrained(str(split / "final")).state_dict()
+    export_main([str(split / "checkpoints" / "step_0000030"), str(tmp_path / "exported")])
+    exported = InstructSAMModel.from_pretrained(str(tmp_path / "exported"))
+    assert exported.tokenizer is not None
+    assert all(torch.equal(v, final[k]) for k, v in exported.state_dict().items())
     assert rebuilt.keys() == final.keys()
     for name, value in final.items():
         assert torch.equal(rebuilt[name], value), name
