@@ -34,7 +34,7 @@ from .outputs import ImageFeatures, InstanceSetOutput, Prediction
 from .postprocess import postprocess_instance_sets
 from .preprocess import ImagesInput, patchify_for_qwen, to_image_list, to_square_pixels
 from .prompting import PromptBuilder, TokenizedInstructions
-from .sam3_queries import QueryProjector, Sam3VisionEncoderOutput, detect_with_queries, select_vision
+from .sam3_queries import QueryProjector, Sam3VisionEncoderOutput, decode_queries, encode_prompted, select_vision
 
 
 class InstructSAMPreTrainedModel(PreTrainedModel):
@@ -345,8 +345,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             instruction; default config.template_task.
         reuse_prefix: run the image prefix once per image and reuse its KV cache for every instruction.
         denoise_boxes: training only, (N, M, 4) cxcywh reference boxes (noised ground truth) for M extra
-            "denoising" queries (DN-DETR), run through the detector in a separate pass so the K slots never see
-            them. Their content is the instruction's mean slot query; each must segment and score the object at
+            "denoising" queries (DN-DETR), decoded in a separate pass on the same encoder output, so the K slots
+            never see them. Their content is the instruction's mean slot query; each must segment and score the object at
             its box, a direct, matching-free lesson in separating instances.
         """
         if features.vlm_image_embeds is None:
@@ -362,16 +362,16 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         queries, reference_boxes = self.projector.queries(query_states.to(proj_dtype))
         prompt = self.projector.prompt(prompt_states.to(proj_dtype))
         sam_dtype = self.detector.dtype
-        det = detect_with_queries(
-            self.detector, select_vision(features.sam3, index), prompt.to(sam_dtype),
-            tokens.prompt_mask.to(self.device), queries.to(sam_dtype), reference_boxes.to(sam_dtype))
+        # the DETR encoder runs once; the slots (and the denoising queries, apart from them) are decoded against it
+        prompted = encode_prompted(self.detector, select_vision(features.sam3, index), prompt.to(sam_dtype),
+                                   tokens.prompt_mask.to(self.device))
+        det = decode_queries(self.detector, prompted, queries.to(sam_dtype), reference_boxes.to(sam_dtype))
         presence_logits = det.presence_logits[:, 0]
         denoise = {}
         if denoise_boxes is not None:
             content = queries.mean(1, keepdim=True).expand(-1, denoise_boxes.shape[1], -1)
-            dn = detect_with_queries(
-                self.detector, select_vision(features.sam3, index), prompt.to(sam_dtype),
-                tokens.prompt_mask.to(self.device), content.to(sam_dtype), denoise_boxes.to(self.device, sam_dtype))
+            dn = decode_queries(self.detector, prompted, content.to(sam_dtype),
+                                denoise_boxes.to(self.device, sam_dtype))
             denoise = dict(denoise_mask_logits=dn.pred_masks, denoise_boxes=dn.pred_boxes,
                            denoise_logits=dn.pred_logits)
         return InstanceSetOutput(

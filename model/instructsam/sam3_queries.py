@@ -83,6 +83,27 @@ def _decode(detector: Sam3Model, vision_features, text_features, vision_pos, tex
     return torch.stack(outputs), torch.stack(boxes[:-1]), torch.stack(presence)
 
 
+@dataclass
+class PromptedImages:
+    """SAM3's DETR-encoder output for B (image, prompt) pairs: what every set of queries on them is decoded against."""
+
+    fpn: tuple  # the FPN levels the detector uses (the coarsest dropped)
+    encoded: object  # the DETR encoder's output
+    prompt_features: torch.Tensor
+    text_mask: torch.Tensor | None
+
+
+def encode_prompted(detector: Sam3Model, vision: Sam3VisionEncoderOutput, prompt_features: torch.Tensor,
+                    prompt_mask: torch.Tensor | None) -> PromptedImages:
+    """SAM3's DETR encoder on B (image, prompt) pairs (arguments as `detect_with_queries`)."""
+    fpn = vision.fpn_hidden_states[:-1]  # SAM3's detector drops the coarsest (0.5x) level
+    fpn_pos = vision.fpn_position_encoding[:-1]
+    text_mask = prompt_mask.bool() if prompt_mask is not None else None
+    enc = detector.detr_encoder(vision_features=[fpn[-1]], text_features=prompt_features,
+                                vision_pos_embeds=[fpn_pos[-1]], text_mask=text_mask)
+    return PromptedImages(fpn=fpn, encoded=enc, prompt_features=prompt_features, text_mask=text_mask)
+
+
 def detect_with_queries(detector: Sam3Model, vision: Sam3VisionEncoderOutput, prompt_features: torch.Tensor,
                         prompt_mask: torch.Tensor | None, query_embeds: torch.Tensor,
                         reference_boxes: torch.Tensor) -> DetectorOutput:
@@ -92,11 +113,15 @@ def detect_with_queries(detector: Sam3Model, vision: Sam3VisionEncoderOutput, pr
     prompt_features: (B, L, d) prompt features in SAM3's text space; prompt_mask: (B, L) bool, True = valid.
     query_embeds: (B, K, d) decoder queries; reference_boxes: (B, K, 4) normalised cxcywh in (0, 1).
     """
-    fpn = vision.fpn_hidden_states[:-1]  # SAM3's detector drops the coarsest (0.5x) level
-    fpn_pos = vision.fpn_position_encoding[:-1]
-    text_mask = prompt_mask.bool() if prompt_mask is not None else None
-    enc = detector.detr_encoder(vision_features=[fpn[-1]], text_features=prompt_features,
-                                vision_pos_embeds=[fpn_pos[-1]], text_mask=text_mask)
+    return decode_queries(detector, encode_prompted(detector, vision, prompt_features, prompt_mask), query_embeds,
+                          reference_boxes)
+
+
+def decode_queries(detector: Sam3Model, prompted: PromptedImages, query_embeds: torch.Tensor,
+                   reference_boxes: torch.Tensor) -> DetectorOutput:
+    """SAM3's decoder, heads and mask decoder for one set of queries on already encoded (image, prompt) pairs."""
+    fpn, enc = prompted.fpn, prompted.encoded
+    prompt_features, text_mask = prompted.prompt_features, prompted.text_mask
     hidden, ref_boxes, presence = _decode(
         detector, enc.last_hidden_state, enc.text_features, enc.pos_embeds_flattened, text_mask,
         enc.spatial_shapes, query_embeds, reference_boxes)
@@ -171,4 +196,5 @@ class QueryProjector(nn.Module):
         return self.prompt_norm(self.prompt_mlp(instruction_states))
 
 
-__all__ = ["DetectorOutput", "detect_with_queries", "select_vision", "QueryProjector", "grid_reference_logits"]
+__all__ = ["DetectorOutput", "detect_with_queries", "encode_prompted", "decode_queries", "PromptedImages",
+           "select_vision", "QueryProjector", "grid_reference_logits"]

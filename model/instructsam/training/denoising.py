@@ -4,7 +4,7 @@ Besides the K matched slots, each training sample gets one extra query per super
 object's box with noise; the query must segment, box and score *that* object (no matching: query i is object i).
 This gives the decoder and the mask head a direct lesson in separating instances from the first step, which is what
 matching-based training of a from-scratch detector lacks in its early plateau, when every slot predicts the same
-blob. The queries run in a separate detector pass (`InstructSAMModel.segment(denoise_boxes=...)`), so the K slots
+blob. The queries are decoded in a separate pass (`InstructSAMModel.segment(denoise_boxes=...)`), so the K slots
 never see the ground truth; inference is unchanged.
 """
 from __future__ import annotations
