@@ -179,7 +179,8 @@ class InstructSAMNode(Node):
         ]
         self._configured = True
         self.node_error = ""
-        cams = ", ".join(f"{s.name} <- {s.topic}{' (compressed)' if s.compressed else ''}" for s in self.streams.values())
+        cams = ", ".join(f"{s.name} <- {s.topic}{' (compressed)' if s.compressed else ''}"
+                         for s in self.streams.values())
         self.get_logger().info(f"configured: cameras {cams}")
         return TransitionCallbackReturn.SUCCESS
 

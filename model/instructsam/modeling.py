@@ -346,8 +346,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         reuse_prefix: run the image prefix once per image and reuse its KV cache for every instruction.
         denoise_boxes: training only, (N, M, 4) cxcywh reference boxes (noised ground truth) for M extra
             "denoising" queries (DN-DETR), decoded in a separate pass on the same encoder output, so the K slots
-            never see them. Their content is the instruction's mean slot query; each must segment and score the object at
-            its box, a direct, matching-free lesson in separating instances.
+            never see them. Their content is the instruction's mean slot query; each must segment and score the
+            object at its box, a direct, matching-free lesson in separating instances.
         """
         if features.vlm_image_embeds is None:
             raise ValueError("these image features were encoded without the VLM part (encode_image(..., vlm=False));"

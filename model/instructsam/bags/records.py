@@ -101,7 +101,10 @@ class SkippedMessage:
     reason: str
 
     def line(self) -> str:
-        stamp = "?" if self.stamp_ns is None else f"{self.stamp_ns // 1_000_000_000}.{self.stamp_ns % 1_000_000_000:09d}"
+        if self.stamp_ns is None:
+            stamp = "?"
+        else:
+            stamp = f"{self.stamp_ns // 1_000_000_000}.{self.stamp_ns % 1_000_000_000:09d}"
         return f"skipped: {self.bag} {self.topic} t={self.log_time_ns} stamp={stamp}: {self.reason}"
 
 

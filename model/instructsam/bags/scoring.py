@@ -142,7 +142,8 @@ def strip_timing(obj):
 def _ms(stats: dict) -> str:
     if not stats or not stats.get("n"):
         return "–"
-    return f"p50 {stats['p50']:.1f} ms, p95 {stats['p95']:.1f} ms, mean {stats['mean']:.1f} ms, max {stats['max']:.1f} ms"
+    return (f"p50 {stats['p50']:.1f} ms, p95 {stats['p95']:.1f} ms, mean {stats['mean']:.1f} ms, "
+            f"max {stats['max']:.1f} ms")
 
 
 def markdown_report(summary: dict, title: str = "Bag evaluation") -> str:
@@ -167,7 +168,8 @@ def markdown_report(summary: dict, title: str = "Bag evaluation") -> str:
             lines.append("")
     else:
         lines += ["No frame had ground truth: only counts and timing are reported.", ""]
-    lines += ["## Bags", "", "| bag | storage | cameras | frames | processed | dropped | no instr. | failed | skipped |",
+    lines += ["## Bags", "",
+              "| bag | storage | cameras | frames | processed | dropped | no instr. | failed | skipped |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, b in summary["per_bag"].items():
         cams = ", ".join(f"{c} ({t})" for c, t in b["cameras"].items())

@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch.set_num_threads (default 1: predictable on a shared machine; ratios barely depend on it)")
+                    help="torch.set_num_threads (default 1: predictable on a shared machine; "
+                         "ratios barely depend on it)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks",
                     help="directory for benchmarks.json and the plots (default docs/benchmarks)")
     ap.add_argument("--models", type=Path, default=REPO_ROOT / "outputs" / "benchmark_models",

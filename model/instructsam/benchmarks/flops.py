@@ -227,6 +227,6 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-__all__ = ["FlopCounter", "FlopCount", "count_flops", "MemoryTracker", "measure_activations", "rss_bytes", "reset_peak_rss", "peak_rss_bytes",
-           "measure_peak", "parameter_bytes"]
+__all__ = ["FlopCounter", "FlopCount", "count_flops", "MemoryTracker", "measure_activations", "rss_bytes",
+           "reset_peak_rss", "peak_rss_bytes", "measure_peak", "parameter_bytes"]
 

@@ -105,8 +105,10 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
             ns = sorted(int(n) for n in data["objects"])
             axes[0].plot(ns, [data["objects"][str(n)]["tracked_ms"] for n in ns], "o-", label=f"{config}: tracked")
             axes[0].plot(ns, [data["objects"][str(n)]["keyframe_ms"] for n in ns], "s--", label=f"{config}: keyframe")
-            axes[1].plot(ns, [data["objects"][str(n)]["state_mb"] for n in ns], "o-", label=f"{config}: kept between frames")
-            axes[1].plot(ns, [data["objects"][str(n)]["peak_mb"] for n in ns], "s--", label=f"{config}: peak in a tracked frame")
+            axes[1].plot(ns, [data["objects"][str(n)]["state_mb"] for n in ns], "o-",
+                         label=f"{config}: kept between frames")
+            axes[1].plot(ns, [data["objects"][str(n)]["peak_mb"] for n in ns], "s--",
+                         label=f"{config}: peak in a tracked frame")
         axes[0].set(xlabel="tracked objects", ylabel="ms per frame (median)", title="latency vs tracked objects")
         axes[1].set(xlabel="tracked objects", ylabel="MB",
                     title="memory vs tracked objects")
@@ -192,7 +194,8 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
                     _md_table(["K", "cold ms", "switch ms", "cold-pass peak MB (tensors alive at once)", "parameters"],
                               [[k, f"{v['cold_ms']:.1f}", f"{v['switch_ms']:.1f}", f"{v['peak_mb']:.1f}",
                                 f"{v['params']:,}"] for k, v in d["k"].items()]), "",
-                    _md_table(["tracked objects", "tracked ms", "keyframe ms", "state kept between frames MB", "peak in a tracked frame MB"],
+                    _md_table(["tracked objects", "tracked ms", "keyframe ms", "state kept between frames MB",
+                               "peak in a tracked frame MB"],
                               [[n, f"{v['tracked_ms']:.1f}", f"{v['keyframe_ms']:.1f}", f"{v['state_mb']:.1f}",
                                 f"{v['peak_mb']:.1f}"] for n, v in d["objects"].items()]), ""]
     if "stream" in s:
@@ -221,7 +224,8 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
                           [[c] + [f"{phases[n]['components_gflop'].get(c, 0.0):,.1f}" for n in names]
                            for c in comps] +
                           [["**total TFLOP**"] + [f"**{phases[n]['tflop']:.3f}**" for n in names],
-                           ["peak activations GB (tensors alive at once)"] + [f"{phases[n]['activation_peak_gb']:.2f}" for n in names]]),
+                           ["peak activations GB (tensors alive at once)"]
+                           + [f"{phases[n]['activation_peak_gb']:.2f}" for n in names]]),
                 "",
                 f"Tracker step TFLOP while its memory fills (frames 1..{len(d['tracker_warmup_tflop'])}): "
                 f"{', '.join(f'{t:.3f}' for t in d['tracker_warmup_tflop'])}.", "",

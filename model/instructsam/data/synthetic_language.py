@@ -484,8 +484,8 @@ def generate_instructions(rng: np.random.Generator, objects: Sequence[SceneObjec
                           tries_per_family: int = 6) -> list[Instruction]:
     """`count` instructions with distinct texts over the visible `objects`.
 
-    Families are drawn by `families` (name -> weight, default FAMILY_WEIGHTS) without replacement within a scene (so one scene's
-    instructions cover different families); a family the scene cannot support is skipped for the
+    Families are drawn by `families` (name -> weight, default FAMILY_WEIGHTS) without replacement within a scene
+    (so one scene's instructions cover different families); a family the scene cannot support is skipped for the
     next one. `require` filters candidates (the held-out split asks for held-out combinations);
     if no candidate passes it, the filter is dropped rather than emitting nothing.
     """

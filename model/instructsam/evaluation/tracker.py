@@ -82,7 +82,8 @@ def markdown(summary: dict, checkpoint: str, data: str) -> str:
 def main(argv: list[str] | None = None) -> dict:
     from .evaluate import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m instructsam.evaluation.tracker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m instructsam.evaluation.tracker",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="InstructSAM checkpoint directory")
     parser.add_argument("--data", default="synthetic_video:test:50", help="synthetic_video:SPLIT[:N]")
     parser.add_argument("--frames", type=int, default=12, help="frames per video")

@@ -43,7 +43,8 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
             raise ValueError(f"data spec {spec!r}: sample count must be positive, got {size}")
         if kind == "synthetic_video":
             if clip_frames < 2:
-                raise ValueError(f"data.clip_frames must be >= 2 (a prompted frame and one to track), got {clip_frames}")
+                raise ValueError("data.clip_frames must be >= 2 (a prompted frame and one to track), "
+                                 f"got {clip_frames}")
             return SyntheticVideos(split, size=size, image_size=image_size, seed=seed, num_frames=clip_frames)
         return SyntheticInst2Seg(split, size=size, image_size=image_size, seed=seed)
     if kind == "inst2seg":

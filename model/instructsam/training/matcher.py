@@ -142,4 +142,5 @@ class HungarianMatcher(nn.Module):
                 f"cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, mask_cost_size={self.mask_cost_size}")
 
 
-__all__ = ["HungarianMatcher", "get_field", "target_labels", "resize_masks", "focal_cost", "pairwise_mask_bce", "pairwise_dice"]
+__all__ = ["HungarianMatcher", "get_field", "target_labels", "resize_masks", "focal_cost", "pairwise_mask_bce",
+           "pairwise_dice"]

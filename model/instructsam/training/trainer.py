@@ -516,5 +516,5 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["train", "train_one_epoch", "build_model", "load_step_model", "build_optimizer", "build_scheduler", "build_criterion",
-           "warmup_cosine", "setup_distributed", "SegmentationStep", "DistInfo", "RunState"]
+__all__ = ["train", "train_one_epoch", "build_model", "load_step_model", "build_optimizer", "build_scheduler",
+           "build_criterion", "warmup_cosine", "setup_distributed", "SegmentationStep", "DistInfo", "RunState"]
