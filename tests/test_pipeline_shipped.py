@@ -1,38 +1,22 @@
 """The frame pipeline with the shipped (trained) tiny checkpoint on synthetic videos: ids persist on moving objects,
 and a new instruction replaces the instance set on the very next processed frame.
 
-These assertions need a model that detects: they are skipped while the shipped checkpoint's recorded test-split
-metrics (docs/shipped_model_eval/test/metrics.json, written by `instructsam.evaluation.evaluate`) are below the
-detection targets of the training issue, and run by themselves once a checkpoint that meets them is shipped."""
+These need a checkpoint that detects; the shipped one does (test mAP 0.134, docs/shipped_model_eval/test), though far
+below the training issue's targets. One case is a known gap, marked xfail (strict: it fails when it starts passing,
+so the mark is removed then): with SAM3's tracker between keyframes (keyframe_interval 10), ids do not last 20 frames,
+because the shipped tiny tracker ignores which object it was prompted with (README, "The shipped model": given two
+different objects' masks it predicts the same mask on the next frame), so every track becomes the foreground blob."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from instructsam.data.synthetic import SyntheticVideos
 from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 from instructsam.pipeline.tracking import mask_iou
 
-REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "instructsam-tiny"
-SHIPPED_METRICS = REPO / "docs" / "shipped_model_eval" / "test" / "metrics.json"
-
-
-def _below_targets() -> str:
-    """Why the shipped model cannot be expected to track (empty: it meets the targets)."""
-    if not (CHECKPOINT / "config.json").is_file():
-        return f"no shipped checkpoint at {CHECKPOINT}"
-    m = json.loads(SHIPPED_METRICS.read_text())
-    if m["mAP"] < 0.5 or m["gIoU"] < 0.75:
-        return (f"the shipped model is below its detection targets (test split mAP {m['mAP']:.3f} < 0.50 or "
-                f"gIoU {m['gIoU']:.3f} < 0.75; {SHIPPED_METRICS.relative_to(REPO)})")
-    return ""
-
-
-pytestmark = pytest.mark.skipif(bool(_below_targets()), reason=_below_targets())
 NUM_FRAMES = 30
 
 
@@ -66,7 +50,10 @@ def longest_id_run(results, gt_masks: np.ndarray, min_iou: float = 0.5) -> int:
     return best
 
 
-@pytest.mark.parametrize("keyframe_interval", [1, 10])
+TRACKER_GAP = pytest.mark.xfail(strict=True, reason="the shipped tiny tracker ignores its prompt mask (module docstring)")
+
+
+@pytest.mark.parametrize("keyframe_interval", [1, pytest.param(10, marks=TRACKER_GAP)])
 def test_a_moving_object_keeps_its_track_id_for_20_frames(model, videos, keyframe_interval):
     """keyframe_interval 1: detection + association alone; 10 (the node's default): SAM3's tracker in between."""
     runs = []

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from instructsam.evaluation.tracker import evaluate_tracker, track_video
+from instructsam.evaluation.tracker import evaluate_tracker, pairwise_overlap, track_video
 from instructsam.modeling import InstructSAMModel
 from instructsam.training.config import load_config
 from instructsam.training.data import build_dataset
@@ -102,3 +102,20 @@ def test_track_video_reports_only_prompted_objects_on_later_frames(test_model):
     predicted = track_video(model, video.frames, {k: video.masks[k][0] for k in keys}, 0.5)
     assert sorted(predicted) == keys
     assert all(p.shape == (3, *video.frames.shape[1:3]) and p.dtype == bool for p in predicted.values())
+
+
+def test_object_overlap_is_the_mean_iou_between_objects_on_the_same_frame():
+    """Two frames x three objects: frame 0 has objects 1 and 2 identical (IoU 1) and object 3 disjoint from both
+    (IoU 0, twice); on frame 1 object 2 is empty (no pair with it) and 1, 3 overlap in 2 of 6 pixels (IoU 1/3)."""
+    a = np.zeros((2, 4, 4), bool)
+    b = np.zeros((2, 4, 4), bool)
+    c = np.zeros((2, 4, 4), bool)
+    a[0, :2, :2] = b[0, :2, :2] = True
+    c[0, 2:, 2:] = True
+    a[1, 0, :4] = True
+    c[1, 0, 2:] = True
+    c[1, 1, 2:] = True
+    total, pairs = pairwise_overlap({1: a, 2: b, 3: c})
+    assert pairs == 4
+    assert total == pytest.approx(1.0 + 0.0 + 0.0 + 2 / 6)
+    assert pairwise_overlap({1: a}) == (0.0, 0)

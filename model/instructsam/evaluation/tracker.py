@@ -9,6 +9,11 @@ features cached per frame) and its masks are compared with the ground truth on e
 F = boundary F-measure (instructsam.evaluation.video), both 1 on frames where the object is absent and nothing is
 predicted. J, F = mean over objects of the mean over frames; J&F = their mean. This isolates the tracker from the
 detector; the full pipeline (detections on keyframes + tracking) is what the bag evaluation measures.
+
+object_overlap: mean IoU between the masks predicted for two different prompted objects of one video on the same
+frame (pairs where both are non-empty). Objects rarely overlap, so a tracker that follows *its* object scores near
+0; one that ignores its prompt and segments the same thing for every object scores near 1 (the tracker's analogue
+of the detector's pred_overlap).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..pipeline.tracking import TrackerSession
+from ..pipeline.tracking import TrackerSession, mask_iou
 from ..training.data import build_dataset
 from ..training.tracking import first_frame_objects
 from .video import boundary_fmeasure, region_similarity
@@ -43,6 +48,22 @@ def track_video(model, frames: np.ndarray, prompts: dict[int, np.ndarray], mask_
     return predicted
 
 
+def pairwise_overlap(predicted: dict[int, np.ndarray]) -> tuple[float, int]:
+    """(sum of IoUs, number of pairs) over every frame and every pair of objects whose predicted masks on that frame
+    are both non-empty; predicted: object id -> (T, H, W) bool."""
+    if len(predicted) < 2:
+        return 0.0, 0
+    stacked = np.stack(list(predicted.values()), axis=1)  # (T, N, H, W)
+    total, pairs = 0.0, 0
+    upper = np.triu_indices(stacked.shape[1], k=1)
+    for masks in stacked:
+        shown = masks.reshape(len(masks), -1).any(1)
+        both = shown[upper[0]] & shown[upper[1]]
+        total += float(mask_iou(masks, masks)[upper][both].sum())
+        pairs += int(both.sum())
+    return total, pairs
+
+
 def evaluate_tracker(model, videos, max_videos: int | None = None, mask_threshold: float | None = None,
                      progress: bool = True) -> dict:
     """J, F, J&F over the videos' first-frame objects (see the module docstring), plus per-video values."""
@@ -50,6 +71,7 @@ def evaluate_tracker(model, videos, max_videos: int | None = None, mask_threshol
     count = len(videos) if max_videos is None else min(len(videos), max_videos)
     model.eval()
     per_video, j_all, f_all = [], [], []
+    overlap_sum, overlap_pairs = 0.0, 0
     for i in tqdm(range(count), desc="track", unit="video", disable=not progress):
         video = videos[i]
         keys = first_frame_objects(video.masks)
@@ -61,22 +83,28 @@ def evaluate_tracker(model, videos, max_videos: int | None = None, mask_threshol
             fs.append(float(np.mean([boundary_fmeasure(g, p) for g, p in zip(gt, predicted[k])])))
         j_all += js
         f_all += fs
+        total, pairs = pairwise_overlap(predicted)
+        overlap_sum, overlap_pairs = overlap_sum + total, overlap_pairs + pairs
         per_video.append({"video_id": video.video_id, "objects": len(keys),
                           "J": float(np.mean(js)) if js else None, "F": float(np.mean(fs)) if fs else None})
     j = float(np.mean(j_all)) if j_all else float("nan")
     f = float(np.mean(f_all)) if f_all else float("nan")
     return {"J": j, "F": f, "J&F": (j + f) / 2, "videos": count, "objects": len(j_all),
+            "object_overlap": overlap_sum / overlap_pairs if overlap_pairs else None,
             "frames_per_video": int(len(videos[0].frames)) if count else 0, "mask_threshold": threshold,
             "per_video": per_video}
 
 
 def markdown(summary: dict, checkpoint: str, data: str) -> str:
+    overlap = "–" if summary.get("object_overlap") is None else f"{summary['object_overlap']:.3f}"
     return "\n".join([
         f"# Tracker J&F: `{checkpoint}` on `{data}`", "",
         f"{summary['videos']} videos x {summary['frames_per_video']} frames, {summary['objects']} objects prompted "
         f"with their ground-truth mask on frame 0 (DAVIS semi-supervised protocol; frame 0 excluded).", "",
-        "| J&F | J | F |", "|---|---|---|",
-        f"| {summary['J&F']:.3f} | {summary['J']:.3f} | {summary['F']:.3f} |", ""])
+        "| J&F | J | F | object_overlap |", "|---|---|---|---|",
+        f"| {summary['J&F']:.3f} | {summary['J']:.3f} | {summary['F']:.3f} | {overlap} |", "",
+        "object_overlap: mean IoU between two prompted objects' predicted masks on the same frame (near 0: each "
+        "object followed; near 1: the same mask for every object).", ""])
 
 
 def main(argv: list[str] | None = None) -> dict:
