@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from model_fixtures import load_tiny, random_images, tiny_dir
 from safetensors.torch import load_file
@@ -121,8 +122,6 @@ def test_tiny_build_is_deterministic(tmp_path):
 
 
 def test_he_init_gives_the_mask_embedder_a_slot_dependent_output(tmp_path):
-    import pytest
-
     from instructsam.tiny import build_tiny_sources, load_spec
 
     spec = load_spec("config/model_tiny.yaml")

@@ -50,7 +50,8 @@ def longest_id_run(results, gt_masks: np.ndarray, min_iou: float = 0.5) -> int:
     return best
 
 
-TRACKER_GAP = pytest.mark.xfail(strict=True, reason="the shipped tiny tracker ignores its prompt mask (module docstring)")
+TRACKER_GAP = pytest.mark.xfail(strict=True,
+                                reason="the shipped tiny tracker ignores its prompt mask (module docstring)")
 
 
 @pytest.mark.parametrize("keyframe_interval", [1, pytest.param(10, marks=TRACKER_GAP)])
