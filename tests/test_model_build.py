@@ -178,3 +178,6 @@ def test_lora_off_and_unfreezing_named_parts(tmp_path):
     out = model(random_images(1), ["the mug"])
     out.mask_logits.mean().backward()
     assert model.detector.mask_decoder.instance_projection.weight.grad is not None
+    model.config.unfreeze_modules = ["sam3.detector_model.mask_decoders"]  # misspelt: matches nothing
+    with pytest.raises(ValueError, match=r"unfreeze_modules: no parameter name starts with"):
+        model.apply_freezing()

@@ -384,6 +384,15 @@ def read_log(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_a_freeze_prefix_that_matches_no_parameter_is_refused(test_model, tmp_path):
+    """A misspelt prefix would otherwise silently train what it meant to freeze."""
+    cfg = run_config(test_model, tmp_path / "run")
+    cfg.model.freeze_modules = ["sam3.tracker_model.tracker_model.memory_encoder"]  # doubled: no such parameter
+    with pytest.raises(ValueError, match=r"freeze_modules: no parameter name starts with"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("loss_options", [(), ("loss.detect_all=true", "loss.denoise=0.4")],
                          ids=["targets", "detect_all+denoise"])
 def test_loss_falls_and_resume_is_exact(test_model, tmp_path, loss_options):

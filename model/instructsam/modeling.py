@@ -106,6 +106,11 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         """SAM3 (and the VLM's own weights) frozen as configured; query bank, projector and LoRA trainable;
         `config.unfreeze_modules` prefixes trainable on top."""
         cfg = self.config
+        names = [name for name, _ in self.named_parameters()]
+        unmatched = [prefix for prefix in cfg.unfreeze_modules if not any(n.startswith(prefix) for n in names)]
+        if unmatched:  # a typo would otherwise silently leave frozen what it meant to train
+            raise ValueError(f"unfreeze_modules: no parameter name starts with {unmatched} "
+                             f"(names look like {names[0]!r})")
         for name, p in self.named_parameters():
             if name.startswith("sam3."):
                 trainable = not cfg.freeze_sam3

@@ -113,6 +113,11 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
         setattr(model.config, key, value)
     model.config.validate_architecture()
     model.apply_freezing()
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [prefix for prefix in m.freeze_modules if not any(n.startswith(prefix) for n in names)]
+    if unmatched:  # a typo would otherwise silently train what it meant to freeze
+        raise ValueError(f"model.freeze_modules: no parameter name starts with {unmatched} "
+                         f"(names look like {names[0]!r})")
     for name, p in model.named_parameters():
         if any(name.startswith(prefix) for prefix in m.freeze_modules):
             p.requires_grad_(False)
