@@ -2,10 +2,11 @@
 and a new instruction replaces the instance set on the very next processed frame.
 
 These need a checkpoint that detects; the shipped one does (its recorded metrics: docs/shipped_model_eval/test),
-though far below the training issue's targets. One case is a known gap, marked xfail (strict: it fails when it starts passing,
-so the mark is removed then): with SAM3's tracker between keyframes (keyframe_interval 10), ids do not last 20 frames,
-because the shipped tiny tracker ignores which object it was prompted with (README, "The shipped model": given two
-different objects' masks it predicts the same mask on the next frame), so every track becomes the foreground blob."""
+though far below the training issue's targets. One case is a known gap, marked xfail (strict: it fails when it starts
+passing, so the mark is removed then): with SAM3's tracker between keyframes (keyframe_interval 10), ids do not last
+20 frames, because the shipped tiny tracker ignores which object it was prompted with (README, "The shipped model":
+given two different objects' masks it predicts the same mask on the next frame), so every track becomes the
+foreground blob."""
 from __future__ import annotations
 
 import numpy as np

@@ -46,6 +46,15 @@ class InstructSAMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
 
+def require_parameter_prefixes(module: nn.Module, prefixes, setting: str) -> None:
+    """Refuse parameter-name prefixes (a freezing setting named `setting`) that match no parameter of `module`: a
+    typo would otherwise silently train what it meant to freeze, or the other way round."""
+    names = [name for name, _ in module.named_parameters()]
+    unmatched = [prefix for prefix in prefixes if not any(n.startswith(prefix) for n in names)]
+    if unmatched:
+        raise ValueError(f"{setting}: no parameter name starts with {unmatched} (names look like {names[0]!r})")
+
+
 class InstructSAMModel(InstructSAMPreTrainedModel):
     def __init__(self, config: InstructSAMConfig, vlm: Qwen3VLForConditionalGeneration | None = None,
                  sam3: Sam3VideoModel | None = None):
@@ -106,11 +115,7 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         """SAM3 (and the VLM's own weights) frozen as configured; query bank, projector and LoRA trainable;
         `config.unfreeze_modules` prefixes trainable on top."""
         cfg = self.config
-        names = [name for name, _ in self.named_parameters()]
-        unmatched = [prefix for prefix in cfg.unfreeze_modules if not any(n.startswith(prefix) for n in names)]
-        if unmatched:  # a typo would otherwise silently leave frozen what it meant to train
-            raise ValueError(f"unfreeze_modules: no parameter name starts with {unmatched} "
-                             f"(names look like {names[0]!r})")
+        require_parameter_prefixes(self, cfg.unfreeze_modules, "unfreeze_modules")
         for name, p in self.named_parameters():
             if name.startswith("sam3."):
                 trainable = not cfg.freeze_sam3
@@ -423,4 +428,4 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         return self.postprocess(output, features.original_sizes, **postprocess_kwargs)
 
 
-__all__ = ["InstructSAMModel", "InstructSAMPreTrainedModel"]
+__all__ = ["InstructSAMModel", "InstructSAMPreTrainedModel", "require_parameter_prefixes"]

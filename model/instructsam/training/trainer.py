@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..modeling import InstructSAMModel
+from ..modeling import InstructSAMModel, require_parameter_prefixes
 from .checkpointing import latest_checkpoint, load_checkpoint, load_trainable, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, load_config, resolve_path
 from .criterion import SetCriterion
@@ -113,11 +113,7 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
         setattr(model.config, key, value)
     model.config.validate_architecture()
     model.apply_freezing()
-    names = [name for name, _ in model.named_parameters()]
-    unmatched = [prefix for prefix in m.freeze_modules if not any(n.startswith(prefix) for n in names)]
-    if unmatched:  # a typo would otherwise silently train what it meant to freeze
-        raise ValueError(f"model.freeze_modules: no parameter name starts with {unmatched} "
-                         f"(names look like {names[0]!r})")
+    require_parameter_prefixes(model, m.freeze_modules, "model.freeze_modules")
     for name, p in model.named_parameters():
         if any(name.startswith(prefix) for prefix in m.freeze_modules):
             p.requires_grad_(False)
