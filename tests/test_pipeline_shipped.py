@@ -1,12 +1,8 @@
 """The frame pipeline with the shipped (trained) tiny checkpoint on synthetic videos: ids persist on moving objects,
 and a new instruction replaces the instance set on the very next processed frame.
 
-These need a checkpoint that detects; the shipped one does (its recorded metrics: docs/shipped_model_eval/test),
-though far below the training issue's targets. One case is a known gap, marked xfail (strict: it fails when it starts
-passing, so the mark is removed then): with SAM3's tracker between keyframes (keyframe_interval 10), ids do not last
-20 frames, because the shipped tiny tracker ignores which object it was prompted with (README, "The shipped model":
-given two different objects' masks it predicts the same mask on the next frame), so every track becomes the
-foreground blob."""
+These need a checkpoint that detects and a tracker that follows the object it was given; the shipped one does both
+(its recorded metrics: docs/shipped_model_eval/), though its detections are far below the training issue's targets."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,11 +47,7 @@ def longest_id_run(results, gt_masks: np.ndarray, min_iou: float = 0.5) -> int:
     return best
 
 
-TRACKER_GAP = pytest.mark.xfail(strict=True,
-                                reason="the shipped tiny tracker ignores its prompt mask (module docstring)")
-
-
-@pytest.mark.parametrize("keyframe_interval", [1, pytest.param(10, marks=TRACKER_GAP)])
+@pytest.mark.parametrize("keyframe_interval", [1, 10])
 def test_a_moving_object_keeps_its_track_id_for_20_frames(model, videos, keyframe_interval):
     """keyframe_interval 1: detection + association alone; 10 (the node's default): SAM3's tracker in between."""
     runs = []

@@ -107,6 +107,20 @@ def test_association_uses_the_trackers_prediction_for_fast_motion():
     assert ids_by_state(tracks) == {"1": LOST, "2": NEW}
 
 
+def test_a_lost_track_whose_tracker_drifted_onto_a_followed_object_cannot_take_its_id():
+    """Track 2 is lost and its tracker has drifted onto object 1, matching the detection better (IoU 1) than track 1
+    does (0.71): track 1, seen until now, is matched first and keeps its id; track 2 is dropped as a duplicate
+    (kept, it would take the id whenever a keyframe's IoUs tip its way)."""
+    tracks = TrackSet()
+    keyframe(tracks, [square(0, 0), square(40, 40)])
+    keyframe(tracks, [square(2, 0)], observations={1: Observation(square(2, 0), 0.9)})
+    assert ids_by_state(tracks) == {"1": TRACKED, "2": LOST}  # its last mask is far away: lost, not a duplicate
+    conditioned, new, dropped = keyframe(tracks, [square(4, 0)], observations={
+        1: Observation(square(8, 0), 0.9), 2: Observation(square(4, 0), 0.9)})
+    assert [t.id for t in conditioned] == ["1"] and new == [] and dropped == [2]
+    assert ids_by_state(tracks) == {"1": TRACKED}
+
+
 def test_observe_between_keyframes_visibility_scores_and_nms():
     tracks = TrackSet()
     keyframe(tracks, [square(0, 0), square(40, 20), square(60, 40)], scores=[0.9, 0.8, 0.6])

@@ -14,8 +14,9 @@ from instructsam.evaluation.tracker import evaluate_tracker, pairwise_overlap, t
 from instructsam.modeling import InstructSAMModel
 from instructsam.training.config import load_config
 from instructsam.training.data import build_dataset
-from instructsam.training.tracking import TrackingCriterion, first_frame_objects, track_clip
-from instructsam.training.trainer import train
+from instructsam.training.tracking import (TrackingCriterion, first_frame_objects, positional_memory_attention_,
+                                          track_clip)
+from instructsam.training.trainer import DistInfo, build_model, train
 from training_helpers import build_test_model
 
 TRACKER_PREFIXES = ("sam3.tracker_model.", "sam3.tracker_neck.")
@@ -93,6 +94,55 @@ def test_tracking_config_needs_video_data(tmp_path):
         load_config(REPO / "config" / "train_tiny.yaml", ["objective=detection"])
     with pytest.raises(ValueError, match="clip_frames"):
         build_dataset("synthetic_video:train:2", clip_frames=1)
+
+
+def memory_attention_weights(tracker, frames: int = 2) -> torch.Tensor:
+    """(locations, frames * locations) softmax weights of the first memory-attention layer's cross-attention for
+    random current-frame and memory contents, with SAM3's rotary position encoding applied as its forward does."""
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import apply_rotary_pos_emb_2d
+
+    attention_module = tracker.memory_attention
+    layer = attention_module.layers[0].cross_attn_image
+    n = attention_module.position_ids.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(1, n, layer.hidden_size, generator=generator)
+    memory = torch.randn(1, frames * n, layer.kv_in_dim, generator=generator)
+    with torch.no_grad():
+        q = layer.q_proj(queries).view(1, n, layer.num_attention_heads, layer.head_dim).transpose(1, 2)
+        k = layer.k_proj(memory).view(1, frames * n, layer.num_attention_heads, layer.head_dim).transpose(1, 2)
+        cos, sin = attention_module.rotary_emb(q, attention_module.position_ids)
+        q, k = apply_rotary_pos_emb_2d(q, k, cos, sin, repeat_freqs_k=True)
+        return torch.softmax(q @ k.transpose(-1, -2) * layer.scaling, dim=-1)[0].mean(0)
+
+
+def test_positional_init_makes_every_location_look_at_the_same_place_in_memory(test_model):
+    """The tracker-training start (model.tracker_attention_init: positional): whatever the contents, location x of
+    the current frame puts most of its attention on location x of each memory frame; a random init does not."""
+    model = InstructSAMModel.from_pretrained(str(test_model))
+    n = model.tracker.memory_attention.position_ids.shape[0]
+    same_place = torch.arange(n)
+
+    def weight_on_same_place(weights):
+        return (weights[same_place, same_place] + weights[same_place, n + same_place]).min().item()
+
+    assert weight_on_same_place(memory_attention_weights(model.tracker)) < 0.2
+    positional_memory_attention_(model.tracker)
+    weights = memory_attention_weights(model.tracker)
+    assert weight_on_same_place(weights) > 0.6
+    assert torch.equal(weights[:, :n].argmax(1), same_place) and torch.equal(weights[:, n:].argmax(1), same_place)
+    with pytest.raises(ValueError, match="pairs"):
+        positional_memory_attention_(model.tracker, pairs=0)
+
+
+def test_tracker_attention_init_is_applied_by_the_trainer_and_checked(test_model, tmp_path):
+    cfg = tracker_config(test_model, tmp_path / "run")
+    assert cfg.model.tracker_attention_init == "positional"  # what config/train_tracker_tiny.yaml ships with
+    layer = build_model(cfg, DistInfo()).tracker.memory_attention.layers[0].cross_attn_image
+    assert not layer.q_proj.weight.any() and torch.equal(layer.q_proj.bias, layer.k_proj.bias)
+    kept = build_model(tracker_config(test_model, tmp_path / "run", "model.tracker_attention_init=null"), DistInfo())
+    assert kept.tracker.memory_attention.layers[0].cross_attn_image.q_proj.weight.any()
+    with pytest.raises(ValueError, match="tracker_attention_init: unknown 'identity'"):
+        build_model(tracker_config(test_model, tmp_path / "run", "model.tracker_attention_init=identity"), DistInfo())
 
 
 def test_track_video_reports_only_prompted_objects_on_later_frames(test_model):
