@@ -109,16 +109,19 @@ def test_association_uses_the_trackers_prediction_for_fast_motion():
 
 def test_a_lost_track_whose_tracker_drifted_onto_a_followed_object_cannot_take_its_id():
     """Track 2 is lost and its tracker has drifted onto object 1, matching the detection better (IoU 1) than track 1
-    does (0.71): track 1, seen until now, is matched first and keeps its id; track 2 is dropped as a duplicate
-    (kept, it would take the id whenever a keyframe's IoUs tip its way)."""
+    does (0.71): track 1, seen until now, is matched first and keeps its id; track 2 stays lost (its own object may
+    come back within lost_patience)."""
     tracks = TrackSet()
     keyframe(tracks, [square(0, 0), square(40, 40)])
     keyframe(tracks, [square(2, 0)], observations={1: Observation(square(2, 0), 0.9)})
-    assert ids_by_state(tracks) == {"1": TRACKED, "2": LOST}  # its last mask is far away: lost, not a duplicate
-    conditioned, new, dropped = keyframe(tracks, [square(4, 0)], observations={
-        1: Observation(square(8, 0), 0.9), 2: Observation(square(4, 0), 0.9)})
-    assert [t.id for t in conditioned] == ["1"] and new == [] and dropped == [2]
-    assert ids_by_state(tracks) == {"1": TRACKED}
+    assert ids_by_state(tracks) == {"1": TRACKED, "2": LOST}
+    drifted = {1: Observation(square(8, 0), 0.9), 2: Observation(square(4, 0), 0.9)}
+    for _ in range(PATIENCE - 1):  # on every later keyframe too
+        conditioned, new, dropped = keyframe(tracks, [square(4, 0)], observations=drifted)
+        assert [t.id for t in conditioned] == ["1"] and new == [] and dropped == []
+        assert ids_by_state(tracks) == {"1": TRACKED, "2": LOST}
+    conditioned, _, dropped = keyframe(tracks, [square(4, 0)], observations=drifted)
+    assert [t.id for t in conditioned] == ["1"] and dropped == [2]  # lost longer than lost_patience: dropped
 
 
 def test_observe_between_keyframes_visibility_scores_and_nms():

@@ -141,8 +141,10 @@ def test_tracker_attention_init_is_applied_by_the_trainer_and_checked(test_model
     assert not layer.q_proj.weight.any() and torch.equal(layer.q_proj.bias, layer.k_proj.bias)
     kept = build_model(tracker_config(test_model, tmp_path / "run", "model.tracker_attention_init=null"), DistInfo())
     assert kept.tracker.memory_attention.layers[0].cross_attn_image.q_proj.weight.any()
-    with pytest.raises(ValueError, match="tracker_attention_init: unknown 'identity'"):
-        build_model(tracker_config(test_model, tmp_path / "run", "model.tracker_attention_init=identity"), DistInfo())
+    with pytest.raises(ValueError, match="tracker_attention_init must be null or one of"):
+        tracker_config(test_model, tmp_path / "run", "model.tracker_attention_init=identity")
+    with pytest.raises(ValueError, match="with objective 'instances'"):  # it would overwrite a trained tracker
+        load_config(REPO / "config" / "train_tiny.yaml", ["model.tracker_attention_init=positional"])
 
 
 def test_track_video_reports_only_prompted_objects_on_later_frames(test_model):

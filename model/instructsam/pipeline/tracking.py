@@ -100,8 +100,7 @@ class TrackSet:
         first and lost ones to the detections left; a pair counts when its IoU >= match_iou, the IoU of a track
         being the higher of its tracker-predicted mask on this frame and its last seen mask. Matched -> keeps its
         id, state "tracked", mask/score from the detection. Unmatched detection -> a new id, state "new" (up to
-        max_tracked tracks). Unmatched track -> "lost" and unconfirmed, or dropped as a duplicate when it would
-        have matched a detection another track took.
+        max_tracked tracks). Unmatched track -> "lost" and unconfirmed.
     observe(): between keyframes the tracker's masks move the tracks; a track the tracker no longer sees (presence
         <= 0.5 or empty mask), or one suppressed by mask NMS, is "lost"; seen again while confirmed -> "tracked".
     A track lost for more than lost_patience consecutive processed frames is dropped. Ids are "1", "2", ... per
@@ -135,7 +134,6 @@ class TrackSet:
         order = np.argsort(-det_scores, kind="stable")
         det_masks, det_scores, det_boxes = det_masks[order], det_scores[order], np.asarray(det_boxes)[order]
         matched_det: dict[int, Track] = {}
-        duplicates: list[int] = []
         if len(self.tracks) and len(det_masks):
             # IoU with where the tracker puts the track on this frame, or with where it was seen last, whichever is
             # higher: the tracker follows fast motion; the last mask still works when the tracker lost the object
@@ -146,6 +144,7 @@ class TrackSet:
                 iou[:, seen] = np.maximum(iou[:, seen], mask_iou(det_masks, predicted))
             # tracks seen until now are matched first, lost ones to what is left (DeepSORT's matching cascade): a
             # lost track whose tracker drifted onto an object another track follows cannot take that object's id
+            # (without it, such a pair traded one object's id back and forth from keyframe to keyframe)
             for group in ([j for j, t in enumerate(self.tracks) if t.state != LOST],
                           [j for j, t in enumerate(self.tracks) if t.state == LOST]):
                 free = [d for d in range(len(det_masks)) if d not in matched_det]
@@ -155,12 +154,6 @@ class TrackSet:
                 for r, c in zip(*linear_sum_assignment(sub, maximize=True)):
                     if sub[r, c] >= match_iou:
                         matched_det[free[r]] = self.tracks[group[c]]
-            # an unmatched track that would have matched a detection another track took follows that track's
-            # object: a duplicate, dropped (kept, it would take the object's id whenever the Hungarian tie tips)
-            taken = sorted(matched_det)
-            kept_tracks = set(id(t) for t in matched_det.values())
-            duplicates = [t.key for j, t in enumerate(self.tracks)
-                          if id(t) not in kept_tracks and taken and iou[taken, j].max() >= match_iou]
         conditioned, new = [], []
         for d in range(len(det_masks)):
             track = matched_det.get(d)
@@ -176,13 +169,12 @@ class TrackSet:
                 track.state, track.lost_frames, track.confirmed = TRACKED, 0, True
             conditioned.append(track)
         kept = set(id(t) for t in matched_det.values())
-        self.tracks = [t for t in self.tracks if t.key not in duplicates]
         for track in self.tracks:
             if id(track) not in kept:
                 track.confirmed = False
                 self._lose(track)
         self.tracks.extend(new)
-        return conditioned, new, duplicates + self._drop_expired(lost_patience)
+        return conditioned, new, self._drop_expired(lost_patience)
 
     def observe(self, observations: dict[int, Observation], nms_iou: float,
                 lost_patience: int) -> list[int]:

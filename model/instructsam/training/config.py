@@ -11,6 +11,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 OBJECTIVES = ("instances", "tracking")
+TRACKER_ATTENTION_INITS = ("positional",)  # model.tracker_attention_init values
 
 
 @dataclass
@@ -113,6 +114,11 @@ class TrainConfig:
             raise ValueError(f"objective {self.objective!r} needs "
                              f"{'synthetic_video:' if self.objective == 'tracking' else 'image'} data specs for "
                              f"data.train and data.val, got {self.data.train!r} / {self.data.val!r}")
+        init = self.model.tracker_attention_init
+        if init is not None and (init not in TRACKER_ATTENTION_INITS or self.objective != "tracking"):
+            raise ValueError(f"model.tracker_attention_init must be null or one of {list(TRACKER_ATTENTION_INITS)} "
+                             f"with objective 'tracking' (it re-initialises the tracker being trained), got "
+                             f"{init!r} with objective {self.objective!r}")
         if not 0 <= self.loss.denoise < 1:
             raise ValueError(f"loss.denoise (box noise of the denoising queries) must be in [0, 1), got "
                              f"{self.loss.denoise!r}")

@@ -27,7 +27,6 @@ from .criterion import dice_loss
 
 DEFAULT_TRACKING_WEIGHTS = {"presence": 2.0, "mask": 5.0, "dice": 5.0}
 LOGIT_CLAMP = 20.0
-TRACKER_ATTENTION_INITS = ("positional",)
 
 
 def positional_memory_attention_(tracker, strength: float = 5.0, pairs: int = 8) -> None:
@@ -35,7 +34,8 @@ def positional_memory_attention_(tracker, strength: float = 5.0, pairs: int = 8)
     the memory bank, query and key projections get zero weights and one shared bias that is non-zero only on the
     `pairs` highest rotary frequencies of each axis. After RoPE the score of query location x for memory location
     y is then sum_p b_p^2 cos(theta_p (y - x)): largest at y = x (strength 5 puts ~3/4 of the weight there on the
-    tiny tracker's 8x8 grid), and the memory value there carries the prompted object's mask.
+    tiny tracker's 8x8 grid), and the memory value there carries the prompted object's mask. (The object-pointer
+    tokens get no RoPE, so they score like memory cell (0, 0): near that corner they take part of the weight.)
 
     Why: a randomly initialised tracker attends almost uniformly, so its output is the memory *averaged over the
     frame*, nearly the same for every prompted object; trained from there it settles on one prompt-independent mask
@@ -170,5 +170,4 @@ class TrackingCriterion(nn.Module):
 
 
 __all__ = ["ClipBatch", "ClipOutput", "TrackingStep", "TrackingCriterion", "track_clip", "collate_clips",
-           "first_frame_objects", "positional_memory_attention_", "DEFAULT_TRACKING_WEIGHTS",
-           "TRACKER_ATTENTION_INITS"]
+           "first_frame_objects", "positional_memory_attention_", "DEFAULT_TRACKING_WEIGHTS"]

@@ -35,7 +35,7 @@ from .criterion import SetCriterion
 from .data import build_dataset, epoch_batches, image_groups, make_loader
 from .denoising import noised_reference_boxes
 from .matcher import HungarianMatcher
-from .tracking import TRACKER_ATTENTION_INITS, TrackingCriterion, TrackingStep, positional_memory_attention_
+from .tracking import TrackingCriterion, TrackingStep, positional_memory_attention_
 
 # InstructSAMConfig fields that change the architecture or the tokenizer: a loaded model cannot switch them
 ARCHITECTURE_FIELDS = {"num_queries", "lora_r", "lora_alpha", "lora_target_modules", "image_size", "vlm_image_size",
@@ -112,11 +112,8 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
             raise ValueError(f"model.overrides: InstructSAMConfig has no field {key!r}")
         setattr(model.config, key, value)
     model.config.validate_architecture()
-    if m.tracker_attention_init is not None:
-        if m.tracker_attention_init not in TRACKER_ATTENTION_INITS:
-            raise ValueError(f"model.tracker_attention_init: unknown {m.tracker_attention_init!r}; known: "
-                             f"{list(TRACKER_ATTENTION_INITS)} or null")
-        positional_memory_attention_(model.tracker)  # a resumed run then loads its trained weights over it
+    if m.tracker_attention_init == "positional":  # (validated with the config) a resumed run loads its weights over it
+        positional_memory_attention_(model.tracker)
     model.apply_freezing()
     require_parameter_prefixes(model, m.freeze_modules, "model.freeze_modules")
     for name, p in model.named_parameters():
