@@ -97,22 +97,20 @@ def test_tracking_config_needs_video_data(tmp_path):
 
 
 def memory_attention_weights(tracker, frames: int = 2) -> torch.Tensor:
-    """(locations, frames * locations) softmax weights of the first memory-attention layer's cross-attention for
-    random current-frame and memory contents, with SAM3's rotary position encoding applied as its forward does."""
-    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import apply_rotary_pos_emb_2d
-
+    """(locations, frames * locations) attention weights of the first memory-attention layer's cross-attention,
+    from its own forward (eager attention, which returns them; RoPE applied as in the tracker), for random
+    current-frame and memory contents, averaged over heads."""
     attention_module = tracker.memory_attention
     layer = attention_module.layers[0].cross_attn_image
+    layer.config._attn_implementation = "eager"  # sdpa returns no weights
     n = attention_module.position_ids.shape[0]
     generator = torch.Generator().manual_seed(0)
-    queries = torch.randn(1, n, layer.hidden_size, generator=generator)
-    memory = torch.randn(1, frames * n, layer.kv_in_dim, generator=generator)
+    queries = torch.randn(1, 1, n, layer.hidden_size, generator=generator)
+    memory = torch.randn(1, 1, frames * n, layer.kv_in_dim, generator=generator)
     with torch.no_grad():
-        q = layer.q_proj(queries).view(1, n, layer.num_attention_heads, layer.head_dim).transpose(1, 2)
-        k = layer.k_proj(memory).view(1, frames * n, layer.num_attention_heads, layer.head_dim).transpose(1, 2)
-        cos, sin = attention_module.rotary_emb(q, attention_module.position_ids)
-        q, k = apply_rotary_pos_emb_2d(q, k, cos, sin, repeat_freqs_k=True)
-        return torch.softmax(q @ k.transpose(-1, -2) * layer.scaling, dim=-1)[0].mean(0)
+        rope = attention_module.rotary_emb(queries, attention_module.position_ids)
+        _, weights = layer.eval()(query=queries, key=memory, value=memory, position_embeddings=rope)
+    return weights[0].mean(0)
 
 
 def test_positional_init_makes_every_location_look_at_the_same_place_in_memory(test_model):

@@ -42,7 +42,7 @@ def positional_memory_attention_(tracker, strength: float = 5.0, pairs: int = 8)
     (object_overlap 1.0 in every variant tried, README "The shipped model"). From this start it only has to learn
     to follow motion; the projections' weights train from zero, so content matching is learnt on top."""
     rope = tracker.memory_attention.rotary_emb
-    axis_freqs = rope.inv_freq.numel()  # per head: [h axis: axis_freqs rotated pairs | w axis: axis_freqs pairs]
+    axis_freqs = rope.inv_freq.numel()  # per head: [first axis: axis_freqs rotated pairs | second axis: the same]
     if not 0 < pairs <= axis_freqs:
         raise ValueError(f"pairs must be in 1..{axis_freqs}, got {pairs}")
     for layer in tracker.memory_attention.layers:
