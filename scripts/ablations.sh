@@ -6,7 +6,8 @@
 # optimizer steps; then it is evaluated on synthetic:test:800 at one score threshold for all.
 # Writes runs/ablations/<run>/{stage1,stage2,eval} and the table docs/ablations.md.
 #   bash scripts/ablations.sh [STAGE2_STEPS (default 500)] [SCORE_THRESHOLD (default 0.02)]
-# THREADS=1 in the environment sets torch's CPU threads per run (default 2).
+# THREADS=1 in the environment sets torch's CPU threads per run (default 2). RUNS="tiny_k4 tiny_k64" trains only
+# those runs, so two shells can share the work (THREADS=1 each); the table lists every run evaluated so far.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/env.sh"
@@ -15,7 +16,7 @@ steps="${1:-500}"
 threshold="${2:-0.02}"
 out=runs/ablations
 threads="train.num_threads=${THREADS:-2}"
-for run in tiny tiny_causal tiny_k4 tiny_k64; do
+for run in ${RUNS:-tiny tiny_causal tiny_k4 tiny_k64}; do
   stage1="config/train_$run.yaml"
   [ "$run" = tiny ] && stage1=config/train_tiny_stage1.yaml
   python -m instructsam.training.train --config "$stage1" "output_dir=$out/$run/stage1" "$threads"
@@ -45,6 +46,9 @@ print("| run | query attention | K | mAP | AP50 | gIoU | N-acc | T-acc | duplica
 print("|---|---|---|---|---|---|---|---|---|---|")
 fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"
 for run, mode, k in runs:
+    if not Path(f"{out}/{run}/eval/metrics.json").is_file():
+        print(f"| {run} | {mode} | {k} | not run yet | | | | | | |")
+        continue
     m = json.load(open(f"{out}/{run}/eval/metrics.json"))
     print(f"| {run} | {mode} | {k} | {fmt(m['mAP'], 4)} | {fmt(m['AP50'], 4)} | {fmt(m['gIoU'], 3)} | "
           f"{fmt(m['N-acc'], 3)} | {fmt(m['T-acc'], 3)} | {fmt(m['duplicate_rate'], 3)} | "
