@@ -53,6 +53,14 @@ for run, mode, k in runs:
     print(f"| {run} | {mode} | {k} | {fmt(m['mAP'], 4)} | {fmt(m['AP50'], 4)} | {fmt(m['gIoU'], 3)} | "
           f"{fmt(m['N-acc'], 3)} | {fmt(m['T-acc'], 3)} | {fmt(m['duplicate_rate'], 3)} | "
           f"{fmt(m['pred_overlap'], 3)} |")
+done = {run: json.load(open(f"{out}/{run}/eval/metrics.json")) for run, _, _ in runs
+        if Path(f"{out}/{run}/eval/metrics.json").is_file()}
+if done:  # one group of bars per run
+    from instructsam.evaluation.report import plot_family_bars
+    plot_family_bars({"per_family": done}, Path(doc).with_suffix(".png"),
+                     metrics=("mAP", "AP50", "gIoU", "N-acc", "duplicate_rate", "pred_overlap"),
+                     title=f"Ablations: two-stage recipe, 300 + {steps} steps")
+    print(f"\n![ablation metrics per run]({Path(doc).with_suffix('.png').name})\n")
 Path(doc).write_text("\n".join(lines) + "\n\n" + notes)
 PY
 cat docs/ablations.md

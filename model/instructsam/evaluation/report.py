@@ -75,8 +75,9 @@ def markdown_table(summary: dict, title: str = "Evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_family_bars(summary: dict, path, metrics=BAR_METRICS) -> Path:
-    """Grouped bars: one group per instruction family, one bar per metric (undefined = absent)."""
+def plot_family_bars(summary: dict, path, metrics=BAR_METRICS, title="Metrics per instruction family") -> Path:
+    """Grouped bars: one group per instruction family (or per entry of any {name: metrics} given as
+    per_family, e.g. one per ablation run), one bar per metric (undefined = absent)."""
     families = summary.get("per_family") or {"all": summary}
     names = [n or "(unset)" for n in families]
     x = np.arange(len(names))
@@ -89,7 +90,7 @@ def plot_family_bars(summary: dict, path, metrics=BAR_METRICS) -> Path:
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, ncol=len(metrics))
-    ax.set_title("Metrics per instruction family")
+    ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
 
