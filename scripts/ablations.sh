@@ -8,28 +8,31 @@
 #   bash scripts/ablations.sh [STAGE2_STEPS (default 500)] [SCORE_THRESHOLD (default 0.02)]
 # THREADS=1 in the environment sets torch's CPU threads per run (default 2). RUNS="tiny_k4 tiny_k64" trains only
 # those runs, so two shells can share the work (THREADS=1 each); the table lists every run evaluated so far.
+# SEED=1 trains with that seed (model initialisation and data order) into runs/ablations_seed1, with its table in
+# runs/ablations_seed1/ablations.md, to see how much of a difference between runs is the seed's.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/env.sh"
 cd "$REPO"
 steps="${1:-500}"
 threshold="${2:-0.02}"
-out=runs/ablations
+out=runs/ablations doc=docs/ablations.md seed=()
+if [ -n "${SEED:-}" ]; then out="runs/ablations_seed$SEED" doc="$out/ablations.md" seed=("seed=$SEED"); fi
 threads="train.num_threads=${THREADS:-2}"
 for run in ${RUNS:-tiny tiny_causal tiny_k4 tiny_k64}; do
   stage1="config/train_$run.yaml"
   [ "$run" = tiny ] && stage1=config/train_tiny_stage1.yaml
-  python -m instructsam.training.train --config "$stage1" "output_dir=$out/$run/stage1" "$threads"
+  python -m instructsam.training.train --config "$stage1" "output_dir=$out/$run/stage1" "$threads" "${seed[@]}"
   # stage 2's schedule is cut to STEPS (warmup and cosine decay included), so each run ends at its minimum LR
   python -m instructsam.training.train --config config/train_tiny_stage2.yaml "output_dir=$out/$run/stage2" \
     "model.checkpoint=$out/$run/stage1/final" "train.max_steps=$steps" optim.warmup_steps=50 train.eval_every=0 \
-    data.val=null "$threads"
+    data.val=null "$threads" "${seed[@]}"
   python -m instructsam.evaluation.evaluate --checkpoint "$out/$run/stage2/final" --data synthetic:test:800 \
     --out "$out/$run/eval" --score-threshold "$threshold" --num-overlays 0 --title "ablation $run" \
     --threads "${THREADS:-2}"
 done
 # the table is regenerated; the hand-written notes after the marker line in docs/ablations.md are kept
-python - "$out" "$steps" "$threshold" docs/ablations.md <<'PY'
+python - "$out" "$steps" "$threshold" "$doc" <<'PY'
 import json, sys
 from pathlib import Path
 out, steps, threshold, doc = sys.argv[1:]
@@ -63,4 +66,4 @@ if done:  # one group of bars per run
     print(f"\n![ablation metrics per run]({Path(doc).with_suffix('.png').name})\n")
 Path(doc).write_text("\n".join(lines) + "\n\n" + notes)
 PY
-cat docs/ablations.md
+cat "$doc"
