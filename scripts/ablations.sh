@@ -42,6 +42,7 @@ notes = old[old.index(MARKER):] if MARKER in old else MARKER + "\n"
 lines = []
 print = lambda *a: lines.append(" ".join(str(x) for x in a))
 runs = [("tiny", "hybrid", 16), ("tiny_causal", "causal", 16), ("tiny_k4", "hybrid", 4), ("tiny_k64", "hybrid", 64)]
+done = {run: json.load(open(f)) for run, _, _ in runs if (f := Path(f"{out}/{run}/eval/metrics.json")).is_file()}
 print(f"# Ablations at one budget: the two-stage recipe (300 + {steps} steps) from the same fresh tiny model\n")
 print(f"Command: `bash scripts/ablations.sh {steps} {threshold}` (test split, synthetic:test:800, "
       f"score threshold {threshold} for every run).\n")
@@ -49,15 +50,13 @@ print("| run | query attention | K | mAP | AP50 | gIoU | N-acc | T-acc | duplica
 print("|---|---|---|---|---|---|---|---|---|---|")
 fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"
 for run, mode, k in runs:
-    if not Path(f"{out}/{run}/eval/metrics.json").is_file():
+    if run not in done:
         print(f"| {run} | {mode} | {k} | not run yet | | | | | | |")
         continue
-    m = json.load(open(f"{out}/{run}/eval/metrics.json"))
+    m = done[run]
     print(f"| {run} | {mode} | {k} | {fmt(m['mAP'], 4)} | {fmt(m['AP50'], 4)} | {fmt(m['gIoU'], 3)} | "
           f"{fmt(m['N-acc'], 3)} | {fmt(m['T-acc'], 3)} | {fmt(m['duplicate_rate'], 3)} | "
           f"{fmt(m['pred_overlap'], 3)} |")
-done = {run: json.load(open(f"{out}/{run}/eval/metrics.json")) for run, _, _ in runs
-        if Path(f"{out}/{run}/eval/metrics.json").is_file()}
 if done:  # one group of bars per run
     from instructsam.evaluation.report import plot_family_bars
     plot_family_bars({"per_family": done}, Path(doc).with_suffix(".png"),
