@@ -45,7 +45,7 @@ from std_msgs.msg import String
 from instructsam.checkpoint import check_instructsam_dir
 from instructsam.errors import CheckpointError, ImageInputError, InstructSAMInputError
 from instructsam.pipeline.image_decode import decode_image_message
-from instructsam.pipeline.instructions import InstructionBook, InstructionRejected
+from instructsam.pipeline.instructions import InstructionBook, InstructionRejected, quote_short
 from instructsam_ros.conversions import make_instance, make_instance_array
 from instructsam_ros.msg import InstanceMaskArray, Instruction
 from instructsam_ros.overlay import overlay_message
@@ -79,6 +79,8 @@ class CameraStream:
     instances_pub: Any = None
     overlay_pub: Any = None
     subscription: Any = None
+    reliability: str = ""  # of the current subscription: "reliable" | "best_effort"
+    subscribed_at: float = 0.0
     received: int = 0      # image messages that arrived
     bad_frames: int = 0    # refused by the decoder
     published: int = 0     # InstanceMaskArrays sent
@@ -122,10 +124,6 @@ def _descriptor(p) -> ParameterDescriptor:
         else:
             d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]))]
     return d
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class InstructSAMNode(Node):
@@ -189,14 +187,8 @@ class InstructSAMNode(Node):
             self._load_model()
         except Exception as err:  # a bad checkpoint, device or dtype: stay inactive and say why
             return self._fail("activate", err)
-        qos = QoSProfile(depth=int(self._param("image_qos.depth")), history=HistoryPolicy.KEEP_LAST,
-                         durability=DurabilityPolicy.VOLATILE,
-                         reliability=(ReliabilityPolicy.RELIABLE if self._param("image_qos.reliability") == "reliable"
-                                      else ReliabilityPolicy.BEST_EFFORT))
         for s in self.streams.values():
-            s.subscription = self.create_subscription(
-                CompressedImage if s.compressed else Image, s.topic,
-                lambda msg, name=s.name: self._on_image(name, msg), qos)
+            self._subscribe(s)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="instructsam-worker", daemon=True)
         self._worker.start()
@@ -283,6 +275,39 @@ class InstructSAMNode(Node):
         # the node's InstructionBook lives from configure to cleanup, so instructions survive deactivate
         self.pipeline = FramePipeline(model, list(self.streams), settings, instructions=self.book)
         self.model, self.device = model, f"{torch_device} ({dtype_name})"
+
+    # ---- image subscriptions ----------------------------------------------------------------------------------
+    def _wanted_reliability(self, stream: CameraStream) -> str:
+        """The image_qos.reliability parameter, or with "auto" the publishers' own (as rosbag2 records): reliable
+        when every publisher offers it (large frames then arrive whole), best effort otherwise (matches any)."""
+        setting = self._param("image_qos.reliability")
+        if setting != "auto":
+            return setting
+        offered = [info.qos_profile.reliability for info in self.get_publishers_info_by_topic(stream.topic)]
+        reliable = bool(offered) and all(r == ReliabilityPolicy.RELIABLE for r in offered)
+        return "reliable" if reliable else "best_effort"
+
+    def _subscribe(self, stream: CameraStream) -> None:
+        reliability = self._wanted_reliability(stream)
+        qos = QoSProfile(depth=int(self._param("image_qos.depth")), history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE,
+                         reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                                      else ReliabilityPolicy.BEST_EFFORT))
+        if stream.subscription is not None:
+            self.destroy_subscription(stream.subscription)
+        stream.subscription = self.create_subscription(
+            CompressedImage if stream.compressed else Image, stream.topic,
+            lambda msg, name=stream.name: self._on_image(name, msg), qos)
+        stream.reliability, stream.subscribed_at = reliability, time.monotonic()
+
+    def _follow_publishers(self) -> None:
+        """With image_qos.reliability auto: re-subscribe a camera whose publishers changed their reliability."""
+        if self._param("image_qos.reliability") != "auto":
+            return
+        for s in self.streams.values():
+            if s.subscription is not None and self._wanted_reliability(s) != s.reliability:
+                self._subscribe(s)
+                self.get_logger().info(f"[{s.name}] publishers on {s.topic} changed: subscribed {s.reliability}")
 
     def _release(self) -> None:
         """Stop the worker, drop the subscriptions, and free the model and the tracker state."""
@@ -405,10 +430,6 @@ class InstructSAMNode(Node):
         """Apply one instruction and log the outcome; returns (success, message, id in effect)."""
         where = f"camera {ins.camera!r}" if ins.camera else "every camera"
         try:
-            # rclpy decodes message strings with errors="replace": undecodable bytes arrive as U+FFFD.
-            if "\ufffd" in ins.text + ins.camera + ins.id:
-                raise InstructionRejected(f"its bytes are not valid UTF-8 (rclpy replaced them with U+FFFD): "
-                                          f"{_short(ins.text)}")
             active = self.book.set(ins.text, ins.camera, ins.id, ins.task, int(ins.max_instances),
                                    float(ins.score_threshold))
         except InstructionRejected as err:
@@ -418,7 +439,7 @@ class InstructSAMNode(Node):
         if active is None:
             message = f"instruction cleared for {where} (from {source}): no output there until a new one"
         else:
-            message = f"instruction {active.id!r} for {where} (from {source}): {_short(active.text)}"
+            message = f"instruction {active.id!r} for {where} (from {source}): {quote_short(active.text)}"
         self.get_logger().info(message)
         return True, message, active.id if active else ""
 
@@ -451,8 +472,21 @@ class InstructSAMNode(Node):
             self.get_logger().info(f"settings changed: {changes}")
 
     # ---- diagnostics --------------------------------------------------------------------------------------------
+    def _silent_topic(self, s: CameraStream, received0: int, now: float, period: float) -> str:
+        """Why a subscribed camera with publishers delivered no frame in the last diagnostics period ("" if not)."""
+        if s.subscription is None or s.received > received0 or now - s.subscribed_at < 2 * period:
+            return ""
+        publishers = self.count_publishers(s.topic)
+        if not publishers:
+            return ""
+        return (f"{publishers} publisher(s) on {s.topic} but no frame arrived in {period:.1f} s (subscribed "
+                f"{s.reliability}): check the publisher's QoS and, for large best-effort images, its DDS transport "
+                f"(README: 'Large images')")
+
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
+        self._follow_publishers()
+        period = float(self._param("diagnostics_period"))
         state = self.state_label()
         node_status = DiagnosticStatus(
             name=f"{self.get_name()}: node", hardware_id=self.device or "none",
@@ -471,10 +505,11 @@ class InstructSAMNode(Node):
             stats = pipeline.stats(s.name) if pipeline is not None else {}
             active = self.book.get(s.name) if self.book is not None else None
             new_errors = s.errors > errors0
+            silent = self._silent_topic(s, received0, now, period)
             status = DiagnosticStatus(
                 name=f"{self.get_name()}: {s.name}", hardware_id=self.device or "none",
-                level=DiagnosticStatus.WARN if new_errors else DiagnosticStatus.OK,
-                message=s.last_error if new_errors else ("no instruction" if active is None else "ok"))
+                level=DiagnosticStatus.WARN if new_errors or silent else DiagnosticStatus.OK,
+                message=s.last_error if new_errors else silent or ("no instruction" if active is None else "ok"))
             status.values = _values(
                 input_rate_hz=f"{(s.received - received0) / dt:.2f}" if dt else "0.00",
                 processed_rate_hz=f"{(s.published - published0) / dt:.2f}" if dt else "0.00",
@@ -482,6 +517,7 @@ class InstructSAMNode(Node):
                 bad_frames=s.bad_frames, errors=s.errors,
                 latency_p50_ms=f"{stats.get('latency_p50_ms', 0.0):.1f}",
                 latency_p95_ms=f"{stats.get('latency_p95_ms', 0.0):.1f}", device=self.device or "none",
+                publishers=self.count_publishers(s.topic), reliability=s.reliability or "none",
                 instruction_id=active.id if active else "", instruction=active.text[:200] if active else "",
                 last_error=s.last_error)
             statuses.append(status)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructsam.pipeline.image_decode import DEFAULT_MAX_PIXELS
-from instructsam.pipeline.instructions import TASKS
+from instructsam.pipeline.instructions import (
+    DEFAULT_MAX_CHARS, MAX_INSTANCES_LIMIT, SCORE_THRESHOLD_RANGE, TASKS,
+)
 
 # When a new value takes effect:
 RUNTIME = "runtime"      # immediately, while active (thresholds, keyframe schedule)
@@ -44,13 +46,15 @@ PARAMS: tuple[Param, ...] = (
     Param("cameras", ["camera"], "camera names; each gets <name>.image_topic and <name>.compressed", CONFIGURE),
     Param("image_qos.depth", 1, "queue depth of the image subscriptions (1: only the newest frame)", CONFIGURE,
           range=(1, 100)),
-    Param("image_qos.reliability", "best_effort",
-          "image subscriptions: best_effort (sensor data; matches any camera) or reliable", CONFIGURE,
-          choices=("best_effort", "reliable")),
+    Param("image_qos.reliability", "auto",
+          "image subscriptions: auto (the publishers' own: reliable when every publisher is, so large frames "
+          "arrive whole; re-checked as publishers come and go), best_effort (matches any camera) or reliable",
+          CONFIGURE, choices=("auto", "best_effort", "reliable")),
     Param("publish_overlay", False, "also publish <camera>/overlay (rgb8: masks, ids, instruction) for rviz",
           CONFIGURE),
     Param("diagnostics_period", 1.0, "seconds between /diagnostics messages", CONFIGURE, range=(0.1, 60.0)),
-    Param("max_instruction_chars", 2000, "longer instructions are rejected", CONFIGURE, range=(1, 1_000_000)),
+    Param("max_instruction_chars", DEFAULT_MAX_CHARS, "longer instructions are rejected", CONFIGURE,
+          range=(1, 1_000_000)),
     Param("max_image_pixels", DEFAULT_MAX_PIXELS,
           "larger images (width x height) are refused before decoding", RUNTIME, range=(1, 1 << 31)),
     # the frame pipeline (instructsam.pipeline.frame_pipeline.PipelineSettings), changeable while running
@@ -61,12 +65,13 @@ PARAMS: tuple[Param, ...] = (
     Param("keyframe_seconds", 0.0, "also run the detector when this many seconds passed (0: off)", RUNTIME,
           range=(0.0, 3600.0)),
     Param("score_threshold", -1.0, "instances scoring lower are not reported (-1: the checkpoint's own "
-          "threshold, calibrated on validation data)", RUNTIME, range=(-1.0, 1.0)),
+          "threshold, calibrated on validation data)", RUNTIME, range=SCORE_THRESHOLD_RANGE),
     Param("mask_threshold", 0.35, "mask probability above which a pixel belongs to the instance", RUNTIME,
           range=(0.0, 1.0)),
     Param("nms_iou", 0.5, "IoU above which the lower-scoring of two instances is suppressed", RUNTIME,
           range=(0.0, 1.0)),
-    Param("max_instances", 20, "at most this many detections per keyframe", RUNTIME, range=(1, 1000)),
+    Param("max_instances", 20, "at most this many detections per keyframe", RUNTIME,
+          range=(1, MAX_INSTANCES_LIMIT)),
     Param("max_tracked", 20, "at most this many tracks per camera (the tracker's cost grows with it)", RUNTIME,
           range=(1, 1000)),
     Param("match_iou", 0.3, "mask IoU from which a keyframe detection continues an existing track", RUNTIME,

@@ -12,7 +12,7 @@ import os
 import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
@@ -24,7 +24,7 @@ ARGUMENTS = {
     "num_threads": (int, "torch CPU threads (0: torch default)"),
     "cameras": (list, "camera names, e.g. [front, rear]"),
     "image_qos.depth": (int, "image subscription queue depth"),
-    "image_qos.reliability": (str, "best_effort or reliable"),
+    "image_qos.reliability": (str, "auto, best_effort or reliable"),
     "publish_overlay": (bool, "publish <camera>/overlay for rviz"),
     "diagnostics_period": (float, "seconds between /diagnostics messages"),
     "max_instruction_chars": (int, "refuse longer instructions"),
@@ -57,6 +57,21 @@ def _typed(kind, text: str):
     return value
 
 
+DDS_PROFILES = {"large_images": "fastdds_large_images.xml"}  # config/ files, by dds_profile:= name
+
+
+def _dds_profile(context):
+    """dds_profile:=large_images: Fast DDS transports under which full-size best-effort frames arrive, for every
+    process this launch starts (config/fastdds_large_images.xml says why)."""
+    name = LaunchConfiguration("dds_profile").perform(context)
+    if not name:
+        return []
+    if name not in DDS_PROFILES:
+        raise ValueError(f"dds_profile {name!r}: expected one of {sorted(DDS_PROFILES)} or empty")
+    path = os.path.join(get_package_share_directory("instructsam_ros"), "config", DDS_PROFILES[name])
+    return [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", path)]
+
+
 def _node(context):
     overrides = {}
     for name, (kind, _) in ARGUMENTS.items():
@@ -76,7 +91,9 @@ def generate_launch_description():
     return LaunchDescription(
         [DeclareLaunchArgument("params_file", default_value=default_params, description="node parameters (YAML)"),
          DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error")]
+         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
+         DeclareLaunchArgument("dds_profile", default_value="",
+                               description="large_images: Fast DDS transports for full-size best-effort frames")]
         + [DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: keep the YAML value)")
            for name, (_, text) in ARGUMENTS.items()]
-        + [OpaqueFunction(function=_node)])
+        + [OpaqueFunction(function=_dds_profile), OpaqueFunction(function=_node)])

@@ -458,4 +458,4 @@ def test_ddp_two_processes_end_with_identical_weights(test_model, tmp_path):
     log = read_log(out)
     assert log[0]["world_size"] == 2
     assert (out / "final" / "model.safetensors").is_file()
-    assert (out / "checkpoints" / "step_0000004" / "rng_rank1.pt").is_file()
+    assert (out / "checkpoints" / "step_0000004" / "rng_rank1.safetensors").is_file()

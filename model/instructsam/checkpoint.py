@@ -2,6 +2,7 @@
 (rather than deep inside transformers or safetensors)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -62,8 +63,59 @@ def check_safetensors(file: Path, what: str = "checkpoint") -> None:
         raise CheckpointError(f"{what} weight file {str(file)!r} is corrupt or not a safetensors file: {err}") from err
 
 
-def check_instructsam_dir(directory: str | Path) -> dict:
-    """Everything `InstructSAMModel.from_pretrained` needs: config, weights and tokenizer."""
+WEIGHTS_HASH_KEY = "weights_sha256"  # config.json: {weight file name: sha256 hex digest}, written at save time
+HASH_CHUNK = 1 << 24
+
+
+def file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_weight_hashes(directory: str | Path) -> dict[str, str]:
+    """Write the sha256 of every weight file into the directory's config.json (after save_pretrained)."""
+    path = Path(directory)
+    hashes = {f.name: file_sha256(f) for f in safetensors_files(path)}
+    config = read_config_json(path)
+    config[WEIGHTS_HASH_KEY] = hashes
+    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return hashes
+
+
+def verify_weight_hashes(directory: str | Path, config: dict, what: str = "checkpoint") -> None:
+    """Check every weight file against the hash recorded when it was saved (a checkpoint saved without hashes is
+    not checked). Catches corruption past the header, which opening the file does not notice."""
+    recorded = config.get(WEIGHTS_HASH_KEY)
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{what} config in {str(directory)!r}: {WEIGHTS_HASH_KEY} must map file names to "
+                              f"sha256 digests")
+    for file in safetensors_files(directory, what):
+        expected = recorded.get(file.name)
+        if expected is None:
+            raise CheckpointError(f"{what} weight file {str(file)!r} has no recorded hash in config.json "
+                                  f"({WEIGHTS_HASH_KEY} lists {sorted(recorded)})")
+        if file_sha256(file) != expected:
+            raise CheckpointError(f"{what} weight file {str(file)!r} is corrupt: its sha256 differs from the one "
+                                  f"recorded in config.json when it was saved")
+
+
+def weights_fingerprint(directory: str | Path) -> dict[str, str]:
+    """What identifies a checkpoint's weights: the recorded hashes, or the files' own when none are recorded."""
+    config = read_config_json(directory)
+    recorded = config.get(WEIGHTS_HASH_KEY)
+    if isinstance(recorded, dict):
+        return dict(recorded)
+    return {f.name: file_sha256(f) for f in safetensors_files(directory)}
+
+
+def check_instructsam_dir(directory: str | Path, verify_hashes: bool = False) -> dict:
+    """Everything `InstructSAMModel.from_pretrained` needs: config, weights and tokenizer; with verify_hashes,
+    also the weight files' content against the hashes recorded at save time (reads every byte)."""
     config = read_config_json(directory, "InstructSAM checkpoint")
     model_type = config.get("model_type")
     if model_type != "instructsam":
@@ -71,10 +123,13 @@ def check_instructsam_dir(directory: str | Path) -> dict:
             f"{str(directory)!r} holds a {model_type!r} checkpoint, not an InstructSAM one; compose it from a VLM and "
             f"a SAM3 directory with `python -m instructsam.compose --vlm DIR --sam3 DIR --out DIR`")
     safetensors_files(directory, "InstructSAM checkpoint")
+    if verify_hashes:
+        verify_weight_hashes(directory, config, "InstructSAM checkpoint")
     path = Path(directory)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise CheckpointNotFoundError(f"InstructSAM checkpoint {str(path)!r} has no tokenizer files")
     return config
 
 
-__all__ = ["read_config_json", "safetensors_files", "check_safetensors", "check_instructsam_dir"]
+__all__ = ["read_config_json", "safetensors_files", "check_safetensors", "check_instructsam_dir",
+           "record_weight_hashes", "verify_weight_hashes", "weights_fingerprint", "WEIGHTS_HASH_KEY"]

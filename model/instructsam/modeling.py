@@ -26,7 +26,7 @@ from transformers import (
 from transformers import initialization as init
 
 from .attention import CAUSAL, PAD, additive_mask
-from .checkpoint import check_instructsam_dir
+from .checkpoint import check_instructsam_dir, record_weight_hashes
 from .config import InstructSAMConfig, set_dtype_everywhere
 from .errors import CheckpointError, InstructSAMInputError
 from .lora import add_lora, is_lora_parameter
@@ -145,13 +145,14 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(save_directory)
+        record_weight_hashes(save_directory)  # from_pretrained checks the weights against these
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load from a local InstructSAM directory (config.json + safetensors + tokenizer). Bad directories raise
         CheckpointNotFoundError / CheckpointError naming the path or file."""
         path = Path(pretrained_model_name_or_path)
-        check_instructsam_dir(path)
+        check_instructsam_dir(path, verify_hashes=True)
         kwargs.setdefault("local_files_only", True)
         dtype = kwargs.get("dtype")
         if dtype is not None and dtype != "auto" and not isinstance(dtype, dict):

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "RANK/WORLD_SIZE; with --records-only, then `merge` the shards' records")
     run.add_argument("--records-only", action="store_true",
                      help="write OUT/records/<bag>.records.json only (shards; `merge` makes the report)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="recompute every bag (default: a re-run into the same --out reuses the records of bags "
+                          "that finished with the same settings, and refuses records from other settings)")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--strict", action="store_true", help="exit 1 when any message was skipped")
 
@@ -193,12 +196,77 @@ def cmd_run(args) -> int:
     options = ReplayOptions(topics=parse_topics(args.topic), instruction_topic=args.instruction_topic,
                             timing=args.timing, rate=args.rate, max_pixels=max_pixels,
                             output_storage=args.output_storage, overlay=args.overlay, progress=not args.no_progress)
-    preflight(jobs, options)
+    keys = {job.name: run_key(job, args, settings, checkpoint, max_pixels) for job in jobs}
+    reused = reusable_records(jobs, out, keys, args.overwrite, args.write_bags)
+    todo = [job for job in jobs if job.name not in reused]
+    preflight(todo, options)
     spec = ModelSpec(checkpoint=checkpoint, device=args.device, dtype=args.dtype, threads=args.threads)
-    records = evaluate_bags(jobs, spec, settings, options, workers=args.workers)
-    for r in records:
-        r.save(out / "records" / f"{r.name}.records.json")
-    return report(records, out, args.strict, write=not args.records_only)
+
+    def save(records) -> None:  # as each bag finishes: an interrupted run keeps what it finished
+        records.run_key = keys[records.name]
+        records.save(records_path(out, records.name))
+
+    fresh = {r.name: r for r in evaluate_bags(todo, spec, settings, options, workers=args.workers, on_done=save)}
+    if reused:
+        print(f"bag_eval: {len(reused)} of {len(jobs)} bag(s) reused from {out / 'records'} (finished earlier with "
+              f"the same settings; --overwrite recomputes them)")
+    records = [reused.get(job.name) or fresh[job.name] for job in jobs]
+    return report(records, out, args.strict, write=not args.records_only, reused=len(reused))
+
+
+def records_path(out: Path, name: str) -> Path:
+    return out / "records" / f"{name}.records.json"
+
+
+def run_key(job, args, settings, checkpoint: str, max_pixels: int) -> dict:
+    """Everything that decides a bag's records; a re-run reuses records only when this is equal (as JSON)."""
+    import json
+
+    from ..checkpoint import weights_fingerprint
+
+    key = {
+        "bag": str(Path(job.bag).resolve()), "checkpoint": str(Path(checkpoint).resolve()),
+        "weights": weights_fingerprint(checkpoint), "settings": dataclasses.asdict(settings),
+        "schedule": [dataclasses.asdict(e) for e in job.schedule.entries] if job.schedule is not None else None,
+        "ground_truth": str(Path(job.ground_truth).resolve()) if job.ground_truth else None,
+        "topics": args.topic, "instruction_topic": args.instruction_topic, "timing": args.timing,
+        "rate": args.rate, "max_pixels": max_pixels, "device": args.device, "dtype": args.dtype,
+        "output_bag": job.output_bag is not None, "overlay": args.overlay, "output_storage": args.output_storage,
+    }
+    return json.loads(json.dumps(key))
+
+
+def reusable_records(jobs: list, out: Path, keys: dict, overwrite: bool, write_bags: bool) -> dict:
+    """Records of bags an earlier run into `out` finished with the same run key (name -> BagRecords). What an
+    interrupted run left unfinished (an output bag without its records) is removed so it can be written again;
+    records from a different configuration are refused unless `overwrite`."""
+    import shutil
+
+    from .records import BagRecords
+
+    reused = {}
+    for job in jobs:
+        path = records_path(out, job.name)
+        output = Path(job.output_bag) if job.output_bag else None
+        if overwrite:
+            path.unlink(missing_ok=True)
+        elif path.is_file():
+            try:
+                earlier = BagRecords.load(path)
+            except (ValueError, TypeError, KeyError) as err:
+                raise FileExistsError(f"{path}: not a records file this command can reuse ({err}); give "
+                                      f"--overwrite to recompute, or another --out") from err
+            if earlier.run_key != keys[job.name]:
+                differ = sorted(k for k in keys[job.name] if earlier.run_key.get(k) != keys[job.name][k])
+                raise FileExistsError(f"{path}: bag {job.name} was evaluated into this --out with other settings "
+                                      f"(differing: {', '.join(differ) or 'all'}); give --overwrite to recompute, "
+                                      f"or another --out")
+            if output is None or output.exists() or not write_bags:
+                reused[job.name] = earlier
+                continue
+        if output is not None and output.exists():  # an interrupted run finished the bag but not its records
+            shutil.rmtree(output)
+    return reused
 
 
 def select_shard(jobs: list, spec: str, env=None) -> list:
@@ -227,6 +295,7 @@ def preflight(jobs: list, options) -> None:
 
     for job in jobs:
         with BagSource(job.bag, options.topics, options.instruction_topic) as source:
+            source.require_cameras()
             schedule = job.schedule if job.schedule is not None else options.schedule
             if schedule is not None:
                 schedule.cursor(source.cameras, source.start_time_ns)
@@ -268,7 +337,7 @@ def cmd_merge(args) -> int:
     return report(load_records(args.records), Path(args.out), args.strict)
 
 
-def report(records: list, out: Path, strict: bool, write: bool = True) -> int:
+def report(records: list, out: Path, strict: bool, write: bool = True, reused: int = 0) -> int:
     from .scoring import score, write_bag_report
 
     summary, timeline = score(records)
@@ -283,7 +352,7 @@ def report(records: list, out: Path, strict: bool, write: bool = True) -> int:
         print(f"records: {out / 'records'}")
     f = summary["frames"]
     print(f"bag_eval: {summary['status']} ({summary['num_bags']} bag(s), {f['processed']} frames processed, "
-          f"{f['dropped']} dropped, {summary['scored_frames']} scored)")
+          f"{f['dropped']} dropped, {summary['scored_frames']} scored{f', {reused} reused' if reused else ''})")
     return EXIT_SKIPPED_STRICT if strict and summary["skipped"] else EXIT_OK
 
 

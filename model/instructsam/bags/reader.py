@@ -116,6 +116,13 @@ class BagSource:
         self.connections = [c for c in self.reader.connections if c.topic in wanted]
         self.image_count = sum(c.msgcount for c in self.connections if c.topic in chosen)
 
+    def require_cameras(self) -> None:
+        """A bag to replay must have an image topic: say so, listing what it has, before any model loads."""
+        if not self.cameras:
+            listed = ", ".join(f"{t} ({ty})" for t, ty in sorted(self.topic_types.items())) or "none"
+            raise BagError(f"{self.path}: the bag has no image topics (sensor_msgs/Image or CompressedImage) to "
+                           f"replay; its topics: {listed}")
+
     @property
     def storage(self) -> str:
         files = [p.suffix for p in self.path.iterdir()] if self.path.is_dir() else [self.path.suffix]

@@ -125,6 +125,7 @@ class BagRecords:
     wall_seconds: float = 0.0
     output_bag: str | None = None
     ground_truth: str | None = None  # the ground-truth file attached, if any
+    run_key: dict = field(default_factory=dict)  # what produced these records (bag_eval run: resume matches it)
     format: str = RECORDS_FORMAT
 
     def to_json(self) -> dict:
@@ -150,7 +151,9 @@ class BagRecords:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False))
+        os.replace(tmp, path)  # a records file is complete or absent, never half-written
         return path
 
     @classmethod

@@ -104,6 +104,7 @@ class _Replay:
         self.lock = threading.Lock()  # frames/skipped/output bag: the worker thread writes them too
         self.output = None
         try:
+            self.source.require_cameras()
             self.pipeline = FramePipeline(model, list(self.source.cameras), settings)
             self.book = self.pipeline.instructions
             self.cursor = (options.schedule.cursor(self.source.cameras, self.source.start_time_ns)
@@ -301,9 +302,14 @@ class _Replay:
                         opts.on_frame(1)
 
                 (self.run_recorded if opts.timing == "recorded" else self.run_fast)(tick)
-        finally:
+        except BaseException:
+            if self.output is not None:
+                self.output.abort()
+            raise
+        else:
             if self.output is not None:
                 self.output.close()
+        finally:
             self.source.close()
         self.frames.sort(key=lambda f: f.seq)
         self.skipped.sort(key=lambda s: (s.log_time_ns, s.topic))

@@ -3,10 +3,14 @@ the source image's header, written at the source message's recorded time), and o
 (sensor_msgs/Image rgb8) on /<camera>/overlay; sqlite3 or mcap. The message types are registered from the package's
 own .msg files (types.py), so the bag carries the package's definitions and type hashes and a ROS 2 install reads
 it as its own messages.
+
+The bag is written under OUT_PARENT/.partial/<name> and renamed into place by close(), so a bag at its final
+path is always complete; a leftover partial bag (from a killed run) is removed when the same bag is written again.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +64,17 @@ def rgb_image_msg(store, rgb: np.ndarray, header):
                               step=width * 3, data=rgb.reshape(-1))
 
 
+PARTIAL_DIR = ".partial"
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where the bag that will end at `path` is written until it is complete."""
+    path = Path(path)
+    return path.parent / PARTIAL_DIR / path.name
+
+
 class OutputBag:
-    """Writes results as they come (one writer thread at a time)."""
+    """Writes results as they come (one writer thread at a time); close() publishes the bag, abort() drops it."""
 
     def __init__(self, path: str | os.PathLike, cameras: list[str], storage: str = "sqlite3", overlay: bool = False,
                  version: int = BAG_VERSION):
@@ -70,8 +83,12 @@ class OutputBag:
         self.path = Path(path)
         if self.path.exists():
             raise FileExistsError(f"output bag {self.path} exists already; rosbag2 writers never overwrite")
+        self.partial = partial_path(self.path)
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
         self.store = typestore()
-        self.writer = Writer(self.path, version=version, storage_plugin=STORAGES[storage])
+        self.writer = Writer(self.partial, version=version, storage_plugin=STORAGES[storage])
         self.writer.open()
         self.instances = {c: self.writer.add_connection(f"/{c}/instances", INSTANCE_MASK_ARRAY, typestore=self.store)
                           for c in cameras}
@@ -91,8 +108,21 @@ class OutputBag:
         self.count += 1
 
     def close(self) -> None:
+        """Finish the bag and move it to its final path (a rename: atomic on one file system)."""
         self.writer.close()
+        os.replace(self.partial, self.path)
+        try:
+            self.partial.parent.rmdir()  # the last bag of a run leaves no empty .partial behind
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        """Drop an incomplete bag (the replay failed)."""
+        try:
+            self.writer.close()
+        finally:
+            shutil.rmtree(self.partial, ignore_errors=True)
 
 
-__all__ = ["STORAGES", "BAG_VERSION", "OutputBag", "instance_array_msg", "rgb_image_msg", "header_msg",
+__all__ = ["STORAGES", "BAG_VERSION", "OutputBag", "partial_path", "instance_array_msg", "rgb_image_msg", "header_msg",
            "source_header"]

@@ -98,7 +98,9 @@ def evaluate_model(model, dataset, max_samples: int | None = None, images_per_ba
 
 def load_model(path: str | Path, device: str = "cpu"):
     """An InstructSAM directory, or a training step checkpoint (rebuilt with its run's base model)."""
-    if (Path(path) / "training_state.pt").is_file():
+    from ..training.checkpointing import is_step_checkpoint
+
+    if is_step_checkpoint(path):
         from ..training.trainer import load_step_model
 
         return load_step_model(path, device)

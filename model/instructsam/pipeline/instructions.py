@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -9,6 +10,9 @@ from dataclasses import dataclass, field
 
 DEFAULT_MAX_CHARS = 2000  # a planner's sentence, with room; far above any template we train on
 TASKS = ("referring", "reasoning", "multi_instance", "video")
+MAX_ID_CHARS = 256  # instruction ids are echoed in every result message: bounded
+MAX_INSTANCES_LIMIT = 1000  # the largest max_instances a parameter or an instruction may ask for
+SCORE_THRESHOLD_RANGE = (-1.0, 1.0)  # < 0: the pipeline's default (the parameter's -1: the checkpoint's)
 
 
 class InstructionRejected(ValueError):
@@ -23,6 +27,45 @@ class ActiveInstruction:
     max_instances: int = 0  # 0 = pipeline default
     score_threshold: float = -1.0  # < 0 = pipeline default
     stamp: float = field(default_factory=time.monotonic)
+
+
+def validate_instruction(text: str, camera: str, instruction_id: str, task: str, max_instances: int,
+                         score_threshold: float, cameras: list[str], max_chars: int) -> str:
+    """Check every field of an instruction (the Instruction message's fields) on arrival; returns the text
+    stripped. Raises InstructionRejected naming the field."""
+    for name, value in (("text", text), ("camera", camera), ("id", instruction_id), ("task", task)):
+        if not isinstance(value, str):
+            raise InstructionRejected(f"{name} must be a string, got {type(value).__name__}")
+        # rclpy decodes message strings with errors="replace": undecodable bytes arrive as U+FFFD
+        if "\ufffd" in value:
+            raise InstructionRejected(f"{name}: its bytes are not valid UTF-8 (decoded as U+FFFD): "
+                                      f"{quote_short(value)}")
+        if "\x00" in value:
+            raise InstructionRejected(f"{name} contains a NUL character at position {value.index(chr(0))} "
+                                      f"(C/ROS strings would cut it there): {quote_short(value)}")
+    if camera and camera not in cameras:
+        raise InstructionRejected(f"unknown camera {quote_short(camera)}; known cameras: {cameras}")
+    if task and task not in TASKS:
+        raise InstructionRejected(f"unknown task {quote_short(task)}; expected one of {TASKS}")
+    if len(instruction_id) > MAX_ID_CHARS:
+        raise InstructionRejected(f"id is {len(instruction_id)} characters long; the limit is {MAX_ID_CHARS}")
+    if isinstance(max_instances, bool) or not isinstance(max_instances, int) \
+            or not 0 <= max_instances <= MAX_INSTANCES_LIMIT:
+        raise InstructionRejected(f"max_instances must be an integer in [0, {MAX_INSTANCES_LIMIT}] "
+                                  f"(0: the node's default), got {max_instances!r}")
+    low, high = SCORE_THRESHOLD_RANGE
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) \
+            or not math.isfinite(score_threshold) or not low <= score_threshold <= high:
+        raise InstructionRejected(f"score_threshold must be a finite number in [{low:g}, {high:g}] "
+                                  f"(< 0: the node's default), got {score_threshold!r}")
+    text = text.strip()
+    if len(text) > max_chars:
+        raise InstructionRejected(f"instruction is {len(text)} characters long; the limit is {max_chars}")
+    return text
+
+
+def quote_short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class InstructionBook:
@@ -45,16 +88,8 @@ class InstructionBook:
     def set(self, text: str, camera: str = "", instruction_id: str = "", task: str = "",
             max_instances: int = 0, score_threshold: float = -1.0) -> ActiveInstruction | None:
         """Apply an instruction; returns it, or None when it cleared. Raises InstructionRejected."""
-        if camera and camera not in self.cameras:
-            raise InstructionRejected(f"unknown camera {camera!r}; known cameras: {self.cameras}")
-        if task and task not in TASKS:
-            raise InstructionRejected(f"unknown task {task!r}; expected one of {TASKS}")
-        if max_instances < 0:
-            raise InstructionRejected(f"max_instances must be >= 0, got {max_instances}")
-        text = text.strip()
-        if len(text) > self.max_chars:
-            raise InstructionRejected(
-                f"instruction is {len(text)} characters long; the limit is {self.max_chars}")
+        text = validate_instruction(text, camera, instruction_id, task, max_instances, score_threshold,
+                                    self.cameras, self.max_chars)
         check = self.model_check
         if text and check is not None:
             try:

@@ -3,9 +3,12 @@
     OUTPUT/checkpoints/step_0000500/
         trainable.safetensors   the trainable parameters, under the model's own state-dict names (the names
                                 save_pretrained writes), so they can be loaded into a from_pretrained model
-        training_state.pt       optimizer, LR scheduler, grad scaler, data position, run config, world size
+        training_state.safetensors  optimizer, LR scheduler, grad scaler, data position, run config, world size
         train_config.yaml       the run config (to rebuild the model: instructsam.training.trainer.load_step_model)
-        rng_rank{r}.pt          python / numpy / torch (+ CUDA) RNG states of each rank
+        rng_rank{r}.safetensors python / numpy / torch (+ CUDA) RNG states of each rank
+
+None of these files is a pickle (state_file.py: tensors in safetensors, the rest as JSON), so resuming from a
+directory someone handed over cannot run code. Older checkpoints with `training_state.pt` are refused, not read.
 
 A resumed run rebuilds the model exactly as the original did (same base checkpoint or fresh-build directory),
 loads these files and continues from the saved data position: its weights then equal an uninterrupted run's.
@@ -26,8 +29,15 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, CheckpointNotFoundError
+from .state_file import load_state, save_state
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+STATE_FILE = "training_state.safetensors"
+PICKLED_STATE_FILE = "training_state.pt"  # the pickle format of earlier versions: never loaded
+
+
+def rng_file_name(rank: int) -> str:
+    return f"rng_rank{rank}.safetensors"
 
 
 def _dist() -> bool:
@@ -69,11 +79,12 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, sc
         tmp.mkdir(parents=True)
         save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
         (tmp / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None, "position": dict(position),
-                    "config": config, "world_size": world_size}, tmp / "training_state.pt")
+        save_state(tmp / STATE_FILE, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "position": dict(position),
+            "config": config, "world_size": world_size})
     _barrier()
-    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    save_state(tmp / rng_file_name(rank), rng_state())
     _barrier()
     if rank == 0:
         if final.exists():
@@ -107,26 +118,41 @@ def load_trainable(model: torch.nn.Module, directory: str | Path) -> None:
 
 
 def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, scheduler, scaler,
-                    rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu") -> dict:
+                    rank: int = 0, world_size: int = 1) -> dict:
     """Restore everything save_checkpoint wrote; returns the data position."""
     directory = Path(directory)
-    state_file = directory / "training_state.pt"
+    state_file = directory / STATE_FILE
     if not state_file.is_file():
-        raise CheckpointNotFoundError(f"{str(directory)!r} is not a training checkpoint (no training_state.pt)")
-    state = torch.load(state_file, map_location=device, weights_only=False)  # our own file: python RNG tuples
-    if state["world_size"] != world_size:
-        raise CheckpointError(f"{directory} was written by {state['world_size']} rank(s); resuming with "
-                              f"{world_size} would change the data order (exact resume needs the same world size)")
-    load_trainable(model, directory)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    rng_file = directory / f"rng_rank{rank}.pt"
-    if not rng_file.is_file():
-        raise CheckpointNotFoundError(f"{directory} has no RNG state for rank {rank} ({rng_file.name})")
-    set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-    return dict(state["position"])
+        if (directory / PICKLED_STATE_FILE).is_file():
+            raise CheckpointError(
+                f"{directory} holds {PICKLED_STATE_FILE}, the pickle format of earlier versions; it is not loaded "
+                f"because unpickling can run code. Resume from a checkpoint written by this version "
+                f"({STATE_FILE}), or restart from the run's exported model")
+        raise CheckpointNotFoundError(f"{str(directory)!r} is not a training checkpoint (no {STATE_FILE})")
+    state = load_state(state_file)
+    try:
+        if state["world_size"] != world_size:
+            raise CheckpointError(f"{directory} was written by {state['world_size']} rank(s); resuming with "
+                                  f"{world_size} would change the data order (exact resume needs the same world "
+                                  f"size)")
+        load_trainable(model, directory)
+        optimizer.load_state_dict(state["optimizer"])  # moves state to the parameters' device
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        rng_file = directory / rng_file_name(rank)
+        if not rng_file.is_file():
+            raise CheckpointNotFoundError(f"{directory} has no RNG state for rank {rank} ({rng_file.name})")
+        set_rng_state(load_state(rng_file))
+        return dict(state["position"])
+    except (KeyError, TypeError, ValueError, IndexError) as err:  # well-formed files with the wrong content
+        raise CheckpointError(f"{directory}: training state does not fit this run: {type(err).__name__}: "
+                              f"{err}") from err
+
+
+def is_step_checkpoint(path: str | Path) -> bool:
+    """A training step checkpoint (of this or an earlier version) rather than a model directory."""
+    return any((Path(path) / name).is_file() for name in (STATE_FILE, PICKLED_STATE_FILE))
 
 
 def step_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -135,7 +161,7 @@ def step_checkpoints(output_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()
-             and (p / "training_state.pt").is_file()]
+             and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -152,5 +178,5 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_trainable", "trainable_state_dict", "latest_checkpoint",
-           "step_checkpoints", "prune_checkpoints", "rng_state", "set_rng_state"]
+__all__ = ["STATE_FILE", "save_checkpoint", "is_step_checkpoint", "load_checkpoint", "load_trainable",
+           "trainable_state_dict", "latest_checkpoint", "step_checkpoints", "prune_checkpoints", "rng_state", "set_rng_state"]

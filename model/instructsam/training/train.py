@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from ..errors import CheckpointError
 from .config import load_config
 from .trainer import cleanup_distributed, train
 
@@ -35,5 +37,15 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def cli() -> int:
+    """main() for the shell: a bad config or checkpoint is one line naming it (exit 2), not a traceback."""
+    try:
+        main()
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -461,8 +461,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_at_step: int 
     if resume == "latest":
         resume = latest_checkpoint(out)
     if resume:
-        position = load_checkpoint(resume, model, optimizer, scheduler, scaler, info.rank, info.world_size,
-                                   info.device)
+        position = load_checkpoint(resume, model, optimizer, scheduler, scaler, info.rank, info.world_size)
         state = RunState(**position)
 
     d = cfg.data
