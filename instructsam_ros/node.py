@@ -42,6 +42,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from instructsam.bags.types import INSTRUCTION, STRING, typestore
 from instructsam.checkpoint import check_instructsam_dir
 from instructsam.errors import CheckpointError, ImageInputError, InstructSAMInputError
 from instructsam.pipeline.image_decode import decode_image_message
@@ -59,7 +60,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RESULT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-REPEAT_LOG_SECONDS = 5.0  # the same error on the same camera is logged again only after this long
+# Error lines per camera: at most LOG_BURST in any LOG_INTERVAL_SECONDS window, whatever their text (the rest are
+# counted and the count is logged with the next line), so a camera sending varied garbage cannot flood the log.
+LOG_INTERVAL_SECONDS = 5.0
+LOG_BURST = 5
 
 
 @dataclass
@@ -86,7 +90,9 @@ class CameraStream:
     published: int = 0     # InstanceMaskArrays sent
     errors: int = 0        # bad frames, rejected instructions, failed steps
     last_error: str = ""
-    last_logged: tuple[str, float] = ("", 0.0)
+    log_window: float = -LOG_INTERVAL_SECONDS  # start of the current logging window
+    logged: int = 0        # error lines logged in that window
+    suppressed: int = 0    # errors not logged since the last line
     mark: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # (time, received, published, errors) at the last diagnostics
 
 
@@ -171,8 +177,10 @@ class InstructSAMNode(Node):
                 s.overlay_pub = self.create_lifecycle_publisher(Image, f"{s.name}/overlay", RESULT_QOS)
         self.book = InstructionBook(list(self.streams), max_chars=int(self._param("max_instruction_chars")))
         self._endpoints = [
-            self.create_subscription(Instruction, "~/instruction", self._on_instruction, INSTRUCTION_QOS),
-            self.create_subscription(String, "~/instruction_text", self._on_instruction_text, INSTRUCTION_QOS),
+            # raw: decoded here (_decode_instruction), where rclpy would cut a string at a NUL and hide bad UTF-8
+            self.create_subscription(Instruction, "~/instruction", self._on_instruction, INSTRUCTION_QOS, raw=True),
+            self.create_subscription(String, "~/instruction_text", self._on_instruction_text, INSTRUCTION_QOS,
+                                     raw=True),
             self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction),
         ]
         self._configured = True
@@ -204,6 +212,7 @@ class InstructSAMNode(Node):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
         self._destroy_endpoints()
+        self.node_error = self.last_error = ""  # the errors of the configuration that ended
         self.get_logger().info("unconfigured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -401,7 +410,7 @@ class InstructSAMNode(Node):
             stream.overlay_pub.publish(overlay_message(frame.image, result, frame.header))
 
     def _report(self, camera: str, text: str) -> None:
-        """Record an error for diagnostics and log it (the same text on the same camera at most every few s)."""
+        """Record an error for diagnostics and log it (rate-limited per camera, see LOG_BURST)."""
         stream = self.streams.get(camera)
         now = time.monotonic()
         if stream is None:
@@ -410,16 +419,37 @@ class InstructSAMNode(Node):
             return
         stream.last_error = text
         stream.errors += 1
-        if stream.last_logged[0] != text or now - stream.last_logged[1] > REPEAT_LOG_SECONDS:
-            stream.last_logged = (text, now)
-            self.get_logger().error(f"[{camera}] {text}")
+        if now - stream.log_window >= LOG_INTERVAL_SECONDS:
+            stream.log_window, stream.logged = now, 0
+        if stream.logged >= LOG_BURST:
+            stream.suppressed += 1
+            return
+        more = f" ({stream.suppressed} more error(s) on this camera were not logged)" if stream.suppressed else ""
+        stream.logged, stream.suppressed = stream.logged + 1, 0
+        self.get_logger().error(f"[{camera}] {text}{more}")
 
     # ---- instructions ---------------------------------------------------------------------------------------
-    def _on_instruction(self, msg: Instruction) -> None:
-        self._set_instruction(msg, "~/instruction")
+    def _decode_instruction(self, raw: bytes, msgtype: str, source: str):
+        """A serialised instruction message decoded with the package's own definitions (rosbags): every string
+        exactly as sent, embedded NULs included, and bytes that are not UTF-8 an error. None after reporting."""
+        try:
+            return typestore().deserialize_cdr(raw, msgtype)
+        except Exception as err:
+            cause = err.__cause__ or err.__context__
+            why = "its bytes are not valid UTF-8" if isinstance(cause, UnicodeDecodeError) or "codec" in str(err) \
+                else "it cannot be decoded"
+            self._report("", f"instruction from {source} rejected: {why} ({err})")
+            return None
 
-    def _on_instruction_text(self, msg: String) -> None:
-        self._set_instruction(Instruction(text=msg.data), "~/instruction_text")
+    def _on_instruction(self, raw: bytes) -> None:
+        msg = self._decode_instruction(raw, INSTRUCTION, "~/instruction")
+        if msg is not None:
+            self._set_instruction(msg, "~/instruction")
+
+    def _on_instruction_text(self, raw: bytes) -> None:
+        msg = self._decode_instruction(raw, STRING, "~/instruction_text")
+        if msg is not None:
+            self._set_instruction(Instruction(text=msg.data), "~/instruction_text")
 
     def _on_set_instruction(self, request, response):
         response.success, response.message, response.id = self._set_instruction(request.instruction,

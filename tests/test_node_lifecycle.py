@@ -92,3 +92,25 @@ def test_cleanup_returns_to_unconfigured(node, client):
     assert client.transition(Transition.TRANSITION_CLEANUP) and client.state() == "unconfigured"
     [result] = client.set_params(cameras=["cam", "other"])  # configure-time parameters may change now
     assert result.successful, result.reason
+
+
+def test_a_successful_cleanup_and_configure_clear_a_failed_activates_error(node, client):
+    """The diagnostics say ERROR while a failed activate is the last word, and not after a successful cleanup
+    (before: the failed activate's message stayed, as ERROR, until the next activate)."""
+    if client.state() == "active":
+        assert client.transition(Transition.TRANSITION_DEACTIVATE)
+    if client.state() == "unconfigured":
+        client.set_params(cameras=["cam"], checkpoint=str(tiny_dir()))
+        assert client.transition(Transition.TRANSITION_CONFIGURE)
+    [result] = client.set_params(checkpoint=MISSING)
+    assert result.successful, result.reason
+    assert not client.transition(Transition.TRANSITION_ACTIVATE)
+    client.diagnostic(": node", lambda v: v["_level"] == 2 and "activate failed" in v["_message"],
+                      since=len(client.diagnostics))
+    assert client.transition(Transition.TRANSITION_CLEANUP) and client.state() == "unconfigured"
+    status = client.diagnostic(": node", lambda v: v["state"] == "unconfigured", since=len(client.diagnostics))
+    assert status["_level"] == 0 and status["last_error"] == "", status
+    [result] = client.set_params(checkpoint=str(tiny_dir()))
+    assert client.transition(Transition.TRANSITION_CONFIGURE)
+    status = client.diagnostic(": node", lambda v: v["state"] == "inactive", since=len(client.diagnostics))
+    assert status["_level"] == 0 and status["last_error"] == "" and status["_message"] == "inactive", status
