@@ -23,13 +23,14 @@ fi
 [ -n "$PY" ] || { echo "[setup] error: Python 3.11 is required (the ROS 2 wheels are cp311); set PYTHON=/path/to/python3.11" >&2; exit 1; }
 
 # --- The virtual environment, installed from the lock file.
-want="$(hash_of requirements.lock)"
+want="$(hash_of requirements.lock requirements-nodeps.lock)"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.lock-hash" 2>/dev/null)" = "$want" ]; then
   say "venv up to date ($VENV)"
 else
   say "creating venv and installing requirements.lock (first time: a few minutes; torch is a large wheel)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.lock
   echo "$want" > "$VENV/.lock-hash"
 fi
 # colcon must never mistake the venv's ROS share/ folders for packages of this workspace.

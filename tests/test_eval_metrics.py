@@ -1,5 +1,6 @@
-"""Metrics: COCOeval agreement, hand-computed GRES/DIT set metrics, DAVIS J&F, CLEAR-MOT ID switches."""
+"""Metrics: COCOeval agreement, hand-computed GRES/DIT set metrics, DAVIS J&F, tracking metrics (TrackEval)."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -228,6 +229,7 @@ def test_video_j_and_f_sequence():
     assert s["F"] == pytest.approx(0.625)
     assert s["J&F"] == pytest.approx(0.59375)
     # per-frame values of the assigned pair, over frames where the object is present
+    assert_timeline_agrees_with_trackeval(ev)
     timeline = ev.timeline()
     assert [f["J"] for f in timeline] == pytest.approx([0.25, 1.0, None, 0.0])
     assert [f["F"] for f in timeline] == pytest.approx([0.5, 1.0, None, 0.0])
@@ -264,6 +266,40 @@ def test_identity_switches_clear_mot():
     assert [f["id_switches"] for f in ev.frames] == [0, 2, 0, 1, 0, 0]
     assert (s["num_gt"], s["matches"], s["misses"], s["false_positives"]) == (9, 8, 1, 2)
     assert s["MOTA"] == pytest.approx(1 - (1 + 2 + 3) / 9)
+    assert_timeline_agrees_with_trackeval(ev)
+
+
+def test_tracking_metrics_equal_trackeval_on_a_hand_derived_fixture():
+    """An id switch, a miss and a false positive with exact masks (IoU 1 or 0, so HOTA is the same at every alpha):
+        frame 0: gt 1 = A, gt 2 = B;  tracks a = A, b = B
+        frame 1: gt 1 = A, gt 2 = B;  tracks a = A, c = B      gt 2 switches from b to c
+        frame 2: gt 1 = A;            tracks a = A, x = C      x is a false positive
+        frame 3: gt 1 = A, gt 2 = B;  track  a = A             gt 2 is missed
+    7 gt and 7 track detections; TP 6, FN 1, FP 1, IDSW 1.
+    MOTA = 1 - (FN + FP + IDSW) / GT = 1 - 3/7 = 4/7.
+    IDF1: the best global id pairing is (1, a) with 4 frames and (2, b) or (2, c) with 1: IDTP 5,
+        IDFN = IDFP = 7 - 5 = 2, IDF1 = 2*5 / (2*5 + 2 + 2) = 10/14.
+    HOTA: DetA = TP / (TP + FN + FP) = 6/8. AssA = mean over the 6 TPs of TPA / (TPA + FNA + FPA) of their pair:
+        (1, a) 4 TPs with 4 / (4 + 0 + 0) = 1; (2, b) and (2, c) 1 TP each with 1 / (1 + 2 + 0) = 1/3,
+        AssA = (4 + 2/3) / 6 = 7/9. HOTA = sqrt(DetA * AssA) = sqrt(7/12). LocA = 1 (every match has IoU 1)."""
+    a_, b_, c_ = box(0, 5, 0, 5, 20, 20), box(10, 15, 10, 15, 20, 20), box(0, 5, 12, 17, 20, 20)
+    ev = VideoEvaluator()
+    ev.add_frame({1: a_, 2: b_}, {"a": a_, "b": b_})
+    ev.add_frame({1: a_, 2: b_}, {"a": a_, "c": b_})
+    ev.add_frame({1: a_}, {"a": a_, "x": c_})
+    ev.add_frame({1: a_, 2: b_}, {"a": a_})
+    s = ev.summarize()
+    assert (s["num_gt"], s["matches"], s["misses"], s["false_positives"], s["id_switches"]) == (7, 6, 1, 1, 1)
+    assert s["MOTA"] == pytest.approx(4 / 7)
+    assert s["IDF1"] == pytest.approx(10 / 14)
+    assert s["DetA"] == pytest.approx(6 / 8) and s["AssA"] == pytest.approx(7 / 9)
+    assert s["HOTA"] == pytest.approx(math.sqrt(7 / 12)) and s["LocA"] == pytest.approx(1.0)
+    assert_timeline_agrees_with_trackeval(ev)
+
+
+def assert_timeline_agrees_with_trackeval(ev) -> None:
+    """The per-frame switches of the timeline (the package's matcher) add up to TrackEval's IDSW."""
+    assert sum(f["id_switches"] for f in ev.frames) == ev.summarize()["id_switches"]
 
 
 def test_invalid_pairs_do_not_steal_the_assignment():
@@ -279,6 +315,7 @@ def test_invalid_pairs_do_not_steal_the_assignment():
     ev = VideoEvaluator()
     ev.add_frame({1: g1, 2: g2}, {"t1": t1, "t2": t2})
     assert ev.summarize()["matches"] == 1
+    assert_timeline_agrees_with_trackeval(ev)
 
 
 def test_latency_stats():

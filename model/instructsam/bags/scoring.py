@@ -8,7 +8,7 @@ Per processed frame with ground truth, one sample (bag, camera, frame, instructi
                            pipeline already applied its score threshold; tracked scores may be lower), so the
                            set metrics use score threshold 0; AP ranks them by score.
 Per sequence (bag, camera, instruction id):
-    VideoEvaluator         DAVIS J&F (region and contour accuracy), CLEAR-MOT identity switches and MOTA.
+    VideoEvaluator         DAVIS J&F (region and contour accuracy); HOTA, IDF1 and CLEAR-MOT from TrackEval.
 Track ids are renamed per sequence in order of first appearance before scoring, so metrics never depend on how
 ids are spelled (the live node and a replay may number them differently). Lost instances (no mask) are not
 predictions. Latency and processing time: over every processed frame (with or without ground truth); they are the
@@ -29,7 +29,8 @@ from .records import DROPPED, FAILED, NO_INSTRUCTION, PROCESSED, BagRecords, dec
 
 TIMING_KEYS = ("latency_ms", "processing_ms", "wall_seconds")  # measured, so they differ between runs
 TIMELINE_PLOT_KEYS = ("iou", "J", "F", "num_gt", "num_pred", "id_switches_cum", "latency_ms")
-VIDEO_KEYS = ("J", "F", "J&F", "MOTA", "id_switches", "num_gt", "matches", "misses", "false_positives")
+VIDEO_KEYS = ("J", "F", "J&F", "HOTA", "DetA", "AssA", "LocA", "IDF1", "MOTA", "MOTP", "id_switches", "num_gt",
+              "matches", "misses", "false_positives")
 
 
 def order_bags(bags: list[BagRecords]) -> list[BagRecords]:
@@ -159,12 +160,14 @@ def markdown_report(summary: dict, title: str = "Bag evaluation") -> str:
         lines.append(markdown_table(table, "Metrics (per frame: instance set; per sequence: J&F, IDs)"))
         seqs = summary.get("per_sequence") or {}
         if seqs:
-            lines += ["### Per sequence (bag/camera/instruction)", "", "| sequence | frames | J | F | J&F | ID sw. |",
-                      "|---|---|---|---|---|---|"]
+            lines += ["### Per sequence (bag/camera/instruction)", "",
+                      "J, F: DAVIS; HOTA (DetA, AssA, LocA), IDF1, MOTA: TrackEval on mask IoU.", "",
+                      "| sequence | frames | J | F | J&F | HOTA | DetA | AssA | LocA | IDF1 | MOTA | ID sw. |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for key, s in seqs.items():
-                jf = ("– | – | –" if s["J&F"] is None
-                      else f"{100 * s['J']:.1f} | {100 * s['F']:.1f} | {100 * s['J&F']:.1f}")
-                lines.append(f"| {key} | {s['num_frames']} | {jf} | {s['id_switches']} |")
+                cells = " | ".join("–" if s[k] is None else f"{100 * s[k]:.1f}"
+                                   for k in ("J", "F", "J&F", "HOTA", "DetA", "AssA", "LocA", "IDF1", "MOTA"))
+                lines.append(f"| {key} | {s['num_frames']} | {cells} | {s['id_switches']} |")
             lines.append("")
     else:
         lines += ["No frame had ground truth: only counts and timing are reported.", ""]

@@ -2,8 +2,9 @@
 
     InstanceSetEvaluator  mAP/AP50/AP75 (COCOeval segm), gIoU/cIoU/N-acc/T-acc (GRES),
                           P@0.5/0.7/0.9, mIoU, oIoU (DIT), duplicate rate, per-family breakdown
-    VideoEvaluator        DAVIS J&F per object, CLEAR-MOT identity switches, latency p50/p95/mean
-    summarize_sequences   several VideoEvaluators combined (J&F over all objects, counts summed)
+    VideoEvaluator        DAVIS J&F per object; HOTA (DetA/AssA/LocA), IDF1, MOTA/MOTP/IDSW from TrackEval;
+                          latency p50/p95/mean
+    summarize_sequences   several VideoEvaluators combined (J&F over all objects; TrackEval's own combination)
 """
 from .coco_ap import segm_ap
 from .instance_set import InstanceSetEvaluator, count_duplicates, evaluate_sample, summarize_results

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 TABLE_METRICS = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "P@0.5", "P@0.7",
                  "P@0.9", "mIoU", "oIoU", "duplicate_rate", "pred_overlap",
-                 "J", "F", "J&F", "MOTA", "id_switches")  # the last five: VideoEvaluator
+                 "J", "F", "J&F", "HOTA", "IDF1", "MOTA", "id_switches")  # the last seven: VideoEvaluator
 BAR_METRICS = ("gIoU", "cIoU", "mAP", "T-acc", "N-acc")
 TIMELINE_KEYS = ("J", "F", "mean_matched_iou", "num_gt", "num_pred", "id_switches_cum",
                  "latency_ms")

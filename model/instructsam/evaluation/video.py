@@ -1,4 +1,4 @@
-"""Video / bag metrics: DAVIS J&F per object, CLEAR-MOT identity switches, latency statistics.
+"""Video / bag metrics: DAVIS J&F per object, TrackEval's tracking metrics, latency statistics.
 
 J and F follow davis2017-evaluation (davis2017/metrics.py): J = region IoU (1 when both masks are
 empty); F = boundary F-measure on 1-pixel boundary maps (_seg2bmap), matched within a disk of
@@ -8,11 +8,12 @@ sequence-mean (J+F)/2 (unassigned objects get an empty track); J, F = mean over 
 mean over frames. Unlike DAVIS semi-supervised, no frame is excluded (there is no given first-frame
 mask here). Frames where an object is absent count as empty masks.
 
-ID switches follow CLEAR-MOT (Bernardin & Stiefelhagen 2008) as py-motmetrics' MOTAccumulator
-implements it: per frame, a gt object keeps its last matched track if that pair still has
-IoU >= 0.5; the rest are matched by scipy's linear_sum_assignment on 1 - IoU (pairs below 0.5 are
-not allowed); a switch is a gt object matched to a track other than the one it was last matched
-to, however many frames ago (py-motmetrics' default max_switch_time is unbounded).
+Tracking metrics (HOTA with DetA/AssA/LocA, IDF1, CLEAR-MOT's MOTA/MOTP/IDSW) come from TrackEval
+(tracking_metrics.py) on the per-frame mask IoU this evaluator stores. IdentityMatcher gives the per-frame
+identity switches of the timeline with CLEAR's rule as TrackEval implements it: per frame, a gt object keeps the
+track it matched in the previous frame if that pair still has IoU >= 0.5; the rest are matched by Hungarian
+assignment on IoU (pairs below 0.5 are not allowed); a switch is a gt object matched to a track other than the
+one it was last matched to, however many frames ago.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from . import tracking_metrics
 from .masks import as_bool, encode, iou_matrix
 
-MATCH_IOU = 0.5
+MATCH_IOU = tracking_metrics.MATCH_THRESHOLD
 
 
 # ----------------------------------------------------------------------------- J and F (DAVIS)
@@ -75,57 +77,41 @@ def boundary_fmeasure(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008)
 
 # ------------------------------------------------------------------------- identity switches
 class IdentityMatcher:
-    """CLEAR-MOT frame-to-frame matching of gt objects to predicted track ids."""
+    """CLEAR-MOT frame-to-frame matching of gt objects to predicted track ids (the timeline's switches)."""
 
     def __init__(self, iou_threshold: float = MATCH_IOU):
         self.iou_threshold = iou_threshold
         self.last_match: dict = {}  # gt id -> track id of its most recent match
-        self.num_gt = self.matches = self.misses = self.false_positives = self.id_switches = 0
+        self.previous: dict = {}  # gt id -> track id matched in the previous frame
+        self.id_switches = 0
 
-    def update(self, gt_ids: list, gt_rles: list, track_ids: list, track_rles: list) -> dict:
-        """Match one frame; returns {gt_id: (track_id, iou)} and updates the counters."""
-        ious = iou_matrix(gt_rles, track_rles)
+    def update(self, gt_ids: list, track_ids: list, ious: np.ndarray) -> dict:
+        """Match one frame given its (num_gt, num_tracks) IoU; returns {gt_id: (track_id, iou)}."""
         matched: dict = {}
         free_g, free_t = set(range(len(gt_ids))), set(range(len(track_ids)))
-        # 1) keep last correspondences that are still valid
+        # 1) keep the previous frame's correspondences that are still valid
         for gi, g in enumerate(gt_ids):
-            t = self.last_match.get(g)
+            t = self.previous.get(g)
             if t in track_ids:
                 ti = track_ids.index(t)
                 if ti in free_t and ious[gi, ti] >= self.iou_threshold:
                     matched[g] = (t, float(ious[gi, ti]))
                     free_g.discard(gi)
                     free_t.discard(ti)
-        # 2) Hungarian on the rest with cost 1 - IoU; a sub-threshold pair costs so much that
-        #    the most valid pairs are matched first (py-motmetrics treats them as NaN = forbidden)
+        # 2) Hungarian on the rest, maximising IoU over the allowed pairs
         rows, cols = sorted(free_g), sorted(free_t)
-        switches = 0
         if rows and cols:
             sub = ious[np.ix_(rows, cols)]
             valid = sub >= self.iou_threshold
-            cost = np.where(valid, 1.0 - sub, 1e6)
-            for r, c in zip(*linear_sum_assignment(cost)):
-                if not valid[r, c]:
-                    continue
-                g, t = gt_ids[rows[r]], track_ids[cols[c]]
-                if g in self.last_match and self.last_match[g] != t:
-                    switches += 1
-                matched[g] = (t, float(sub[r, c]))
+            for r, c in zip(*linear_sum_assignment(np.where(valid, sub, 0.0), maximize=True)):
+                if valid[r, c]:
+                    matched[gt_ids[rows[r]]] = (track_ids[cols[c]], float(sub[r, c]))
         for g, (t, _) in matched.items():
+            if g in self.last_match and self.last_match[g] != t:
+                self.id_switches += 1
             self.last_match[g] = t
-        self.num_gt += len(gt_ids)
-        self.matches += len(matched)
-        self.misses += len(gt_ids) - len(matched)
-        self.false_positives += len(track_ids) - len(matched)
-        self.id_switches += switches
+        self.previous = {g: t for g, (t, _) in matched.items()}
         return matched
-
-    def summary(self) -> dict:
-        mota = (None if self.num_gt == 0 else
-                1.0 - (self.misses + self.false_positives + self.id_switches) / self.num_gt)
-        return {"num_gt": self.num_gt, "matches": self.matches, "misses": self.misses,
-                "false_positives": self.false_positives, "id_switches": self.id_switches,
-                "MOTA": mota}
 
 
 # --------------------------------------------------------------------------------- latency
@@ -149,6 +135,8 @@ class VideoEvaluator:
     def __init__(self, bound_th: float = 0.008, iou_threshold: float = MATCH_IOU):
         self.bound_th = bound_th
         self.ids = IdentityMatcher(iou_threshold)
+        self.frame_ids: list[tuple[list, list]] = []  # (gt ids, track ids) per frame, for TrackEval
+        self.similarity: list[np.ndarray] = []  # (num_gt, num_tracks) mask IoU per frame
         self.gt_frames: list[set] = []  # gt ids present per frame
         self.track_frames: list[set] = []  # track ids present per frame
         self.pair_scores: dict = {}  # (gt id, track id) -> {frame: (J, F)}
@@ -178,9 +166,12 @@ class VideoEvaluator:
         self.track_frames.append(set(pred))
 
         gt_ids, track_ids = list(gt), list(pred)
+        ious = iou_matrix(encode(np.stack(list(gt.values()))) if gt else [],
+                          encode(np.stack(list(pred.values()))) if pred else [])
+        self.frame_ids.append((gt_ids, track_ids))
+        self.similarity.append(ious)
         before = self.ids.id_switches
-        matched = self.ids.update(gt_ids, encode(np.stack(list(gt.values()))) if gt else [],
-                                  track_ids, encode(np.stack(list(pred.values()))) if pred else [])
+        matched = self.ids.update(gt_ids, track_ids, ious)
         entry = {"frame": idx, "num_gt": len(gt), "num_pred": len(pred), "matches": len(matched),
                  "id_switches": self.ids.id_switches - before,
                  "id_switches_cum": self.ids.id_switches,
@@ -228,8 +219,15 @@ class VideoEvaluator:
                         "F": None if f is None else float(f)})
         return out
 
+    def trackeval_raw(self) -> dict:
+        """TrackEval's raw results for this sequence (tracking_metrics.evaluate_sequence)."""
+        gt_ids = [g for g, _ in self.frame_ids]
+        track_ids = [t for _, t in self.frame_ids]
+        return tracking_metrics.evaluate_sequence(tracking_metrics.sequence_data(gt_ids, track_ids,
+                                                                                 self.similarity))
+
     def summarize(self) -> dict:
-        out = {"num_frames": len(self.frames), **self.ids.summary(),
+        out = {"num_frames": len(self.frames), **tracking_summary(self.trackeval_raw()),
                "latency_ms": latency_stats(self.latencies)}
         assigned = self._assign()
         if not assigned:
@@ -246,19 +244,30 @@ class VideoEvaluator:
         return out
 
 
+def tracking_summary(raw: dict) -> dict:
+    """The report's tracking numbers from TrackEval's raw results, under the report's names; with no gt object at
+    all the ratios are None (TrackEval would divide by max(1, 0))."""
+    t = tracking_metrics.summary(raw)
+    out = {"num_gt": t["CLR_TP"] + t["CLR_FN"], "matches": t["CLR_TP"], "misses": t["CLR_FN"],
+           "false_positives": t["CLR_FP"], "id_switches": t["IDSW"]}
+    defined = out["num_gt"] > 0
+    out.update({k: t[k] if defined else None for k in ("MOTA", "MOTP", "IDF1", "HOTA", "DetA", "AssA", "LocA")})
+    return out
+
+
 def summarize_sequences(evaluators: dict) -> dict:
     """Several sequences (e.g. one per bag x instruction), {name: VideoEvaluator}, combined as
     DAVIS does: J, F = mean over all objects of all sequences; counts summed; latency pooled."""
     per_sequence = {name: ev.summarize() for name, ev in evaluators.items()}
     objects = [o for s in per_sequence.values() for o in s["per_object"].values()]
-    counts = {k: sum(s[k] for s in per_sequence.values())
-              for k in ("num_frames", "num_gt", "matches", "misses", "false_positives",
-                        "id_switches")}
     j = float(np.mean([o["J"] for o in objects])) if objects else None
     f = float(np.mean([o["F"] for o in objects])) if objects else None
-    mota = (None if not counts["num_gt"] else 1.0 - (counts["misses"] + counts[
-        "false_positives"] + counts["id_switches"]) / counts["num_gt"])
-    return {**counts, "MOTA": mota, "J": j, "F": f,
+    combined = tracking_metrics.combine({name: ev.trackeval_raw() for name, ev in evaluators.items()}) \
+        if evaluators else None
+    tracking = tracking_summary(combined) if combined else {
+        "num_gt": 0, "matches": 0, "misses": 0, "false_positives": 0, "id_switches": 0,
+        **dict.fromkeys(("MOTA", "MOTP", "IDF1", "HOTA", "DetA", "AssA", "LocA"))}
+    return {"num_frames": sum(s["num_frames"] for s in per_sequence.values()), **tracking, "J": j, "F": f,
             "J&F": None if j is None else (j + f) / 2,
             "latency_ms": latency_stats(x for ev in evaluators.values() for x in ev.latencies),
             "per_sequence": per_sequence}

@@ -136,7 +136,7 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, sc
                                   f"{world_size} would change the data order (exact resume needs the same world "
                                   f"size)")
         load_trainable(model, directory)
-        optimizer.load_state_dict(state["optimizer"])  # moves state to the parameters' device
+        optimizer.load_state_dict(state["optimizer"])  # moves the state to the parameters' device
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
@@ -179,4 +179,5 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
 
 
 __all__ = ["STATE_FILE", "save_checkpoint", "is_step_checkpoint", "load_checkpoint", "load_trainable",
-           "trainable_state_dict", "latest_checkpoint", "step_checkpoints", "prune_checkpoints", "rng_state", "set_rng_state"]
+           "trainable_state_dict", "latest_checkpoint", "step_checkpoints", "prune_checkpoints", "rng_state",
+           "set_rng_state"]
