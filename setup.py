@@ -19,5 +19,7 @@ setup(
         "numpy", "scipy", "pycocotools", "opencv-python-headless", "pillow", "imageio", "matplotlib",
         "pyyaml", "tqdm", "psutil", "rosbags>=0.11", "rosbags-image",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    # ray: bag_eval --ray on a cluster (never needed on a robot); trackeval: the bag report's tracking metrics,
+    # installed --no-deps by scripts/setup.sh (it declares opencv-python, which would duplicate the headless cv2)
+    extras_require={"test": ["pytest", "pytest-timeout"], "ray": ["ray==2.60.0"], "eval": ["trackeval==1.3.0"]},
 )

@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-storage", choices=("sqlite3", "mcap"), help="default: the input bag's")
     run.add_argument("--workers", type=int, default=1, help="parallel worker processes (one bag per task)")
     run.add_argument("--threads", type=int, default=1, help="torch threads per process (same in every mode)")
+    ray = run.add_argument_group("a Ray cluster (pip install ray; docs/bag_evaluation.md)")
+    ray.add_argument("--ray", metavar="ADDRESS|auto",
+                     help="run one task per bag on the Ray cluster at ADDRESS (host:port of its head, or 'auto'), "
+                          "each worker loading the model once; records come back here")
+    ray.add_argument("--ray-workers", type=int, default=0,
+                     help="worker actors (default: the cluster's CPUs / --threads)")
+    ray.add_argument("--retries", type=int, default=2,
+                     help="times a bag is retried when its worker or node dies (default 2)")
+    ray.add_argument("--skip-failed", action="store_true",
+                     help="report a bag whose task failed and go on (default: stop the run naming it)")
     run.add_argument("--device", default="cpu")
     run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     run.add_argument("--max-image-pixels", type=int, help="refuse larger images (default: the node's)")
@@ -206,12 +216,24 @@ def cmd_run(args) -> int:
         records.run_key = keys[records.name]
         records.save(records_path(out, records.name))
 
-    fresh = {r.name: r for r in evaluate_bags(todo, spec, settings, options, workers=args.workers, on_done=save)}
+    failures: list[str] = []
+    if args.ray:
+        from .ray_runner import evaluate_bags_ray
+        done, failures = evaluate_bags_ray(todo, spec, settings, options, args.ray, actors=args.ray_workers,
+                                           retries=args.retries, skip_failed=args.skip_failed, on_done=save) \
+            if todo else ([], [])
+    else:
+        done = evaluate_bags(todo, spec, settings, options, workers=args.workers, on_done=save)
+    fresh = {r.name: r for r in done}
+    for message in failures:
+        print(f"bag_eval: skipped: {message}", file=sys.stderr)
     if reused:
         print(f"bag_eval: {len(reused)} of {len(jobs)} bag(s) reused from {out / 'records'} (finished earlier with "
               f"the same settings; --overwrite recomputes them)")
-    records = [reused.get(job.name) or fresh[job.name] for job in jobs]
-    return report(records, out, args.strict, write=not args.records_only, reused=len(reused))
+    records = [reused.get(job.name) or fresh[job.name] for job in jobs if job.name in reused or job.name in fresh]
+    code = report(records, out, args.strict, write=not args.records_only, reused=len(reused),
+                  failed=len(failures))
+    return EXIT_SKIPPED_STRICT if failures and args.strict else code
 
 
 def records_path(out: Path, name: str) -> Path:
@@ -337,7 +359,7 @@ def cmd_merge(args) -> int:
     return report(load_records(args.records), Path(args.out), args.strict)
 
 
-def report(records: list, out: Path, strict: bool, write: bool = True, reused: int = 0) -> int:
+def report(records: list, out: Path, strict: bool, write: bool = True, reused: int = 0, failed: int = 0) -> int:
     from .scoring import score, write_bag_report
 
     summary, timeline = score(records)
@@ -352,7 +374,8 @@ def report(records: list, out: Path, strict: bool, write: bool = True, reused: i
         print(f"records: {out / 'records'}")
     f = summary["frames"]
     print(f"bag_eval: {summary['status']} ({summary['num_bags']} bag(s), {f['processed']} frames processed, "
-          f"{f['dropped']} dropped, {summary['scored_frames']} scored{f', {reused} reused' if reused else ''})")
+          f"{f['dropped']} dropped, {summary['scored_frames']} scored{f', {reused} reused' if reused else ''}"
+          f"{f', {failed} bag(s) failed' if failed else ''})")
     return EXIT_SKIPPED_STRICT if strict and summary["skipped"] else EXIT_OK
 
 
@@ -370,13 +393,14 @@ def cmd_make_synthetic(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from ..errors import CheckpointError
+    from .ray_runner import BagTaskError
     from .reader import BagError
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "merge": cmd_merge, "make-synthetic": cmd_make_synthetic}[args.command]
     try:
         return command(args)
-    except (BagError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (BagError, BagTaskError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"bag_eval: error: {err}", file=sys.stderr)
         return EXIT_ERROR
 
