@@ -68,8 +68,15 @@ class Cluster:
             time.sleep(1.0)
 
     def kill_worker_node(self) -> None:
-        """SIGKILL the worker node's whole process group: its raylet and the workers on it die at once."""
-        os.killpg(self.worker.pid, signal.SIGKILL)
+        """SIGKILL the worker node: its `ray start` process and every process under it (raylet, its workers)."""
+        import psutil
+
+        root = psutil.Process(self.worker.pid)
+        procs = [*root.children(recursive=True), root]
+        assert any(p.name() == "raylet" for p in procs), [p.name() for p in procs]
+        for p in procs:
+            p.kill()
+        psutil.wait_procs(procs, timeout=10)
         self.worker.wait()
 
     def stop(self) -> None:
