@@ -24,7 +24,6 @@ Callbacks only decode and submit; one worker thread runs the model, so the execu
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import time
@@ -44,7 +43,9 @@ from std_msgs.msg import String
 
 from instructsam.bags.types import INSTRUCTION, STRING, typestore
 from instructsam.checkpoint import check_instructsam_dir
-from instructsam.errors import CheckpointError, ImageInputError, InstructSAMInputError
+from instructsam.errors import CheckpointError, CheckpointNotFoundError, ImageInputError, InstructSAMInputError
+from instructsam.loading import load_model
+from instructsam.loading import resolve_checkpoint as find_checkpoint
 from instructsam.pipeline.image_decode import decode_image_message
 from instructsam.pipeline.instructions import InstructionBook, InstructionRejected, quote_short
 from instructsam_ros.conversions import make_instance, make_instance_array
@@ -56,7 +57,6 @@ from instructsam_ros.parameters import (
 from instructsam_ros.srv import SetInstruction
 
 NODE_NAME = "instructsam_node"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RESULT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -97,28 +97,16 @@ class CameraStream:
 
 
 def resolve_checkpoint(path: str) -> Path:
-    """An absolute path as is; a relative one in the working directory, the package share directory, then the
-    repository. Raises CheckpointError (FileNotFoundError) naming every place looked at."""
-    from instructsam.errors import CheckpointNotFoundError
-
+    """The `checkpoint` parameter: the working directory, then the package share directory (a colcon install),
+    then the source checkout (instructsam.loading.resolve_checkpoint)."""
     if not path.strip():
         raise CheckpointNotFoundError("parameter 'checkpoint' is empty: set it to an InstructSAM checkpoint directory")
-    given = Path(os.path.expanduser(path))
-    if given.is_absolute():
-        candidates = [given]
-    else:
-        candidates = [Path.cwd() / given]
-        try:
-            from ament_index_python.packages import get_package_share_directory
-            candidates.append(Path(get_package_share_directory("instructsam_ros")) / given)
-        except Exception:  # not installed with colcon (development checkout): no share directory
-            pass
-        candidates.append(REPO_ROOT / given)
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise CheckpointNotFoundError(
-        f"checkpoint directory {path!r} does not exist (looked in: {', '.join(str(c) for c in candidates)})")
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        search = [get_package_share_directory("instructsam_ros")]
+    except Exception:  # not installed with colcon (development checkout): no share directory
+        search = []
+    return find_checkpoint(path, search)
 
 
 def _descriptor(p) -> ParameterDescriptor:
@@ -257,33 +245,15 @@ class InstructSAMNode(Node):
 
     # ---- the model ----------------------------------------------------------------------------------------------
     def _load_model(self) -> None:
-        import torch
-        from transformers.utils import logging as transformers_logging
-
-        from instructsam.modeling import InstructSAMModel
         from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 
-        path = resolve_checkpoint(self._param("checkpoint"))
-        device = self._param("device")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            torch_device = torch.device(device)
-        except RuntimeError as err:
-            raise ValueError(f"parameter 'device' {device!r} is not a torch device: {err}") from err
-        if torch_device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"parameter 'device' is {device!r}, but CUDA is not available here")
-        dtype_name = self._param("dtype")
-        if dtype_name == "auto":
-            dtype_name = "bfloat16" if torch_device.type == "cuda" else "float32"
-        if int(self._param("num_threads")) > 0:
-            torch.set_num_threads(int(self._param("num_threads")))
-        transformers_logging.disable_progress_bar()  # no "Loading weights" bars in the node's log
-        model = InstructSAMModel.from_pretrained(path, dtype=getattr(torch, dtype_name)).to(torch_device).eval()
+        model = load_model(resolve_checkpoint(self._param("checkpoint")), self._param("device"),
+                           self._param("dtype"), int(self._param("num_threads")))
         settings = PipelineSettings(**{name: self._param(name) for name in PIPELINE_SETTINGS})
         # the node's InstructionBook lives from configure to cleanup, so instructions survive deactivate
         self.pipeline = FramePipeline(model, list(self.streams), settings, instructions=self.book)
-        self.model, self.device = model, f"{torch_device} ({dtype_name})"
+        self.model = model
+        self.device = f"{model.device} ({str(model.dtype).removeprefix('torch.')})"
 
     # ---- image subscriptions ----------------------------------------------------------------------------------
     def _wanted_reliability(self, stream: CameraStream) -> str:

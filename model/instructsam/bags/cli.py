@@ -19,7 +19,6 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 EXIT_OK, EXIT_SKIPPED_STRICT, EXIT_ERROR = 0, 1, 2
 
 
@@ -60,15 +59,6 @@ def parse_set(items: list[str]) -> dict:
             raise ValueError(f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
         out[key] = yaml.safe_load(value)
     return out
-
-
-def resolve_checkpoint(path: str) -> str:
-    given = Path(os.path.expanduser(path))
-    for candidate in ([given] if given.is_absolute() else [Path.cwd() / given, REPO_ROOT / given]):
-        if candidate.is_dir():
-            return str(candidate)
-    raise FileNotFoundError(f"checkpoint directory {path!r} does not exist (looked in the working directory and "
-                            f"{REPO_ROOT})")
 
 
 def parse_topics(items: list[str] | None):
@@ -158,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_and_checkpoint(args):
+    from ..loading import resolve_checkpoint
     from ..pipeline.frame_pipeline import PipelineSettings
     from ..pipeline.image_decode import DEFAULT_MAX_PIXELS
 
@@ -171,7 +162,7 @@ def _settings_and_checkpoint(args):
     values.update(parse_set(args.set))
     if not checkpoint:
         raise ValueError("no checkpoint: give --checkpoint DIR (or --params FILE with a 'checkpoint' parameter)")
-    return PipelineSettings(**values), resolve_checkpoint(checkpoint), int(max_pixels or DEFAULT_MAX_PIXELS)
+    return PipelineSettings(**values), str(resolve_checkpoint(checkpoint)), int(max_pixels or DEFAULT_MAX_PIXELS)
 
 
 def cmd_run(args) -> int:

@@ -46,16 +46,9 @@ class BagJob:
 
 
 def load_model(spec: ModelSpec):
-    import torch
-    from transformers.utils import logging as transformers_logging
+    from ..loading import load_model as load
 
-    from ..modeling import InstructSAMModel
-
-    if spec.threads > 0:
-        torch.set_num_threads(spec.threads)
-    transformers_logging.disable_progress_bar()
-    model = InstructSAMModel.from_pretrained(spec.checkpoint, dtype=getattr(torch, spec.dtype))
-    return model.to(torch.device(spec.device)).eval()
+    return load(spec.checkpoint, spec.device, spec.dtype, spec.threads)
 
 
 def run_job(job: BagJob, model, settings: PipelineSettings, options: ReplayOptions) -> BagRecords:

@@ -124,12 +124,9 @@ class ModelStore:
         return int(load_spec(CONFIGS[config])["instructsam"]["num_queries"])
 
     def load(self, config: str, num_queries: int | None = None):
-        from transformers.utils import logging as transformers_logging
+        from ..loading import load_model
 
-        from ..modeling import InstructSAMModel
-
-        transformers_logging.disable_progress_bar()
-        return InstructSAMModel.from_pretrained(self.checkpoint(config, num_queries)).eval()
+        return load_model(self.checkpoint(config, num_queries))
 
 
 # ---- frames -----------------------------------------------------------------------------------------------------

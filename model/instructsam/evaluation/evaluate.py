@@ -104,9 +104,9 @@ def load_model(path: str | Path, device: str = "cpu"):
         from ..training.trainer import load_step_model
 
         return load_step_model(path, device)
-    from ..modeling import InstructSAMModel
+    from ..loading import load_model as load
 
-    return InstructSAMModel.from_pretrained(str(path)).to(device)
+    return load(path, device)
 
 
 def main(argv: list[str] | None = None) -> dict:
