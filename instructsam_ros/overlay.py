@@ -7,15 +7,14 @@ from typing import Any
 import numpy as np
 from sensor_msgs.msg import Image
 
+from instructsam.message_codec import rgb_image_fields
 from instructsam.pipeline.overlay import draw_result
 
 
 def rgb_image_message(rgb: np.ndarray, header) -> Image:
     """(H, W, 3) uint8 RGB -> sensor_msgs/Image rgb8 with the given header."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    height, width = rgb.shape[:2]
-    return Image(header=header, height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3,
-                 data=rgb.tobytes())
+    fields = rgb_image_fields(rgb, header)
+    return Image(**dict(fields, data=fields["data"].tobytes()))  # rclpy takes the pixels as bytes
 
 
 def overlay_message(image: np.ndarray, result: Any, header) -> Image:

@@ -118,15 +118,19 @@ def test_memory_tracker_follows_storages_not_rss():
 
 
 def test_fast_rle_encoding_is_byte_identical_to_pycocotools():
-    """conversions.encode_mask codes only the mask's columns (benchmark section 3); it must equal pycocotools."""
+    """message_codec.encode_rle codes only the mask's columns (benchmark section 3); it must equal pycocotools."""
     from pycocotools import mask as mask_utils
 
     from instructsam_ros.benchmarks import instance_masks
-    from instructsam_ros.conversions import encode_mask
+    from instructsam.message_codec import encode_rle, rle_box
 
     def reference(mask):
         rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
         return rle["counts"].decode("ascii"), [float(v) for v in mask_utils.toBbox(rle)]
+
+    def encode_mask(mask):
+        counts = encode_rle(mask)
+        return counts, [float(v) for v in rle_box(counts, *mask.shape)]
 
     rng = np.random.default_rng(0)
     masks = list(instance_masks(10)[0]) + [np.zeros((48, 64), bool), np.ones((48, 64), bool), np.ones((1, 1), bool)]

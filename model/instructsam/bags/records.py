@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from ..message_codec import STATE_CODES, STATE_NAMES, decode_rle, encode_rle  # noqa: F401  (re-exported)
 
 RECORDS_FORMAT = "instructsam-bag-records/1"
 
@@ -22,21 +23,6 @@ PROCESSED = "processed"  # the pipeline produced a result for this frame
 DROPPED = "dropped"  # replaced in the latest-frame slot before the pipeline took it (recorded-timing mode)
 NO_INSTRUCTION = "no_instruction"  # no instruction was active for this camera (no result, as in the node)
 FAILED = "failed"  # the pipeline raised on this frame (also listed in BagRecords.skipped)
-
-STATE_CODES = {"new": 0, "tracked": 1, "lost": 2}  # InstanceMask.STATE_* in msg/InstanceMask.msg
-STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
-
-
-def encode_rle(mask: np.ndarray) -> str:
-    """(H, W) bool -> compressed COCO RLE counts string (what InstanceMask.rle_counts carries)."""
-    if mask.ndim != 2:
-        raise ValueError(f"a mask must be (H, W), got shape {mask.shape}")
-    return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))["counts"].decode("ascii")
-
-
-def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
-    return mask_utils.decode({"size": [int(height), int(width)], "counts": counts.encode("ascii")}).astype(bool)
-
 
 def as_float32(value: float) -> float:
     """The value an InstanceMask float32 field carries: records hold exactly what a message would."""

@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from .records import STATE_CODES, FrameRecord
+from ..message_codec import array_fields, instance_fields, rgb_image_fields
+from .records import FrameRecord
 from .types import IMAGE, INSTANCE_MASK, INSTANCE_MASK_ARRAY, typestore
 
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
@@ -41,27 +41,18 @@ def source_header(store, header):
 
 
 def instance_array_msg(store, record: FrameRecord, header):
-    """The InstanceMaskArray for a processed FrameRecord (fields as instructsam_ros/conversions.py fills them)."""
+    """The InstanceMaskArray for a processed FrameRecord (the fields of the node's messages: message_codec)."""
     InstanceMask = store.types[INSTANCE_MASK]
-    instances = []
-    for inst in record.instances:
-        rle = {"size": [record.height, record.width], "counts": inst.rle.encode("ascii")}
-        instances.append(InstanceMask(
-            id=inst.id, score=inst.score, state=STATE_CODES[inst.state],
-            bbox=np.asarray(mask_utils.toBbox(rle), dtype=np.float32), mask_height=record.height,
-            mask_width=record.width, rle_counts=inst.rle))
-    return store.types[INSTANCE_MASK_ARRAY](
-        header=header, camera=record.camera, height=record.height, width=record.width,
-        instruction_id=record.instruction_id, instruction=record.instruction, instances=instances,
+    instances = [InstanceMask(**instance_fields(inst.id, inst.score, inst.state, inst.rle, record.height,
+                                                record.width)) for inst in record.instances]
+    return store.types[INSTANCE_MASK_ARRAY](**array_fields(
+        header, record.camera, record.height, record.width, record.instruction_id, record.instruction, instances,
         keyframe=record.keyframe, frame_index=record.frame_index, processing_ms=record.processing_ms,
-        latency_ms=record.latency_ms)
+        latency_ms=record.latency_ms))
 
 
 def rgb_image_msg(store, rgb: np.ndarray, header):
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    height, width = rgb.shape[:2]
-    return store.types[IMAGE](header=header, height=height, width=width, encoding="rgb8", is_bigendian=0,
-                              step=width * 3, data=rgb.reshape(-1))
+    return store.types[IMAGE](**rgb_image_fields(rgb, header))
 
 
 PARTIAL_DIR = ".partial"

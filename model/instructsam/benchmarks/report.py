@@ -40,7 +40,7 @@ EXPLANATIONS = {
         "than a quarter of 16 passes; at full size the encoders dominate and on paper the ratio is ~0.15 (section 6)."),
     ("node", ""): (
         "**Node overhead.** The out-path is almost all COCO RLE encoding: a 640x480 mask had to be copied into "
-        "column-major order for pycocotools (0.18 of 0.28 ms per mask). `conversions.encode_mask` now transposes "
+        "column-major order for pycocotools (0.18 of 0.28 ms per mask). `message_codec.encode_rle` now transposes "
         "and run-length codes only the columns that hold the mask (byte-identical strings, ~5x faster), which puts "
         "10 instances well under 5 ms on an idle core; a FAIL here on a busy machine is load."),
     ("stream", ""): (
