@@ -430,8 +430,7 @@ class InstructSAMNode(Node):
         """Apply one instruction and log the outcome; returns (success, message, id in effect)."""
         where = f"camera {ins.camera!r}" if ins.camera else "every camera"
         try:
-            active = self.book.set(ins.text, ins.camera, ins.id, ins.task, int(ins.max_instances),
-                                   float(ins.score_threshold))
+            active = self.book.apply_message(ins)
         except InstructionRejected as err:
             message = f"instruction from {source} rejected: {err}"
             self._report(ins.camera if ins.camera in self.streams else "", message)

@@ -133,8 +133,7 @@ class _Replay:
             if message.msgtype == STRING:
                 self.book.set(msg.data)
             else:
-                self.book.set(msg.text, msg.camera, msg.id, msg.task, int(msg.max_instances),
-                              float(msg.score_threshold))
+                self.book.apply_message(msg)
         except InstructionRejected as err:
             self.skip(message, None, f"instruction rejected: {err}")
 

@@ -109,6 +109,11 @@ class InstructionBook:
                 self._active[cam] = active
             return active
 
+    def apply_message(self, msg) -> ActiveInstruction | None:
+        """set() from an instructsam_ros/Instruction message (rclpy's or rosbags'; read by field name), as the node
+        and the bag replay both receive them."""
+        return self.set(msg.text, msg.camera, msg.id, msg.task, int(msg.max_instances), float(msg.score_threshold))
+
     def get(self, camera: str) -> ActiveInstruction | None:
         with self._lock:
             return self._active.get(camera)
