@@ -1,7 +1,8 @@
 """bag_eval on a real two-node Ray cluster on this machine: a head node and a worker node, each started as its own
 process on loopback (`ray start --head`, `ray start --address`). The merged report equals the local
 `--workers 1` report of the same bags metric by metric (timings aside); with the worker node killed mid-run the
-run still completes with every bag scored once; a re-run into the same --out reuses what finished.
+run still completes with every bag scored once; a re-run into the same --out reuses what finished, and a bag
+that fails on the cluster is reported by name and left out with --skip-failed.
 """
 from __future__ import annotations
 
@@ -104,7 +105,26 @@ def _bag_eval(capsys, bags, out, *extra) -> str:
                  *settings, *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    if "--skip-failed" in extra:
+        assert "bag_eval: skipped: bag broken" in captured.err and "in the ground truth" in captured.err, \
+            captured.err
     return captured.out
+
+
+def _taller(gt: dict) -> dict:
+    """Ground truth that is consistent in itself but one row taller than the bag's frames: it passes preflight,
+    and the replay on the cluster fails when it attaches it (a task that raises, not a dead worker)."""
+    import numpy as np
+
+    from instructsam.message_codec import encode_rle
+
+    for topic in gt["topics"].values():
+        topic["height"] += 1
+        empty = encode_rle(np.zeros((topic["height"], topic["width"]), bool))
+        for frame in topic["frames"]:
+            for inst in frame["instances"]:
+                inst["segmentation"] = {"size": [topic["height"], topic["width"]], "counts": empty}
+    return gt
 
 
 def _report(out: Path) -> dict:
@@ -141,6 +161,14 @@ def test_ray_report_equals_the_local_one_and_survives_a_killed_node(cluster, tmp
     assert sorted(summary["per_bag"]) == sorted(b.name for b in bags) and summary["num_bags"] == 4
     assert _report(tmp_path / "killed") == expected, "every bag scored once, as in the local run"
 
-    # a re-run into the same --out reuses every finished bag
-    again = _bag_eval(capsys, bags, tmp_path / "killed", "--ray", cluster.address)
-    assert "4 of 4 bag(s) reused" in again and again.splitlines()[-1].endswith(", 4 reused)")
+    # a re-run into the same --out reuses every finished bag; a fifth bag whose ground truth does not fit its
+    # frames fails on the cluster (after preflight) and, with --skip-failed, is reported by name and left out
+    [made] = synthetic(tmp_path / "bad", videos=1, frames=5, size=40, seed=7)
+    bad = made.bag.with_name("broken")  # a name of its own (a clash would rename every synthetic_0)
+    made.bag.rename(bad)
+    made.schedule.rename(bad.with_name("broken.instructions.yaml"))
+    bad.with_name("broken.gt.json").write_text(json.dumps(_taller(json.loads(made.ground_truth.read_text()))))
+    again = _bag_eval(capsys, [*bags, bad], tmp_path / "killed", "--ray", cluster.address, "--skip-failed")
+    assert "4 of 5 bag(s) reused" in again and again.splitlines()[-1].endswith(", 4 reused, 1 bag(s) failed)")
+    assert sorted(json.loads((tmp_path / "killed" / "metrics.json").read_text())["per_bag"]) == \
+        sorted(b.name for b in bags)
