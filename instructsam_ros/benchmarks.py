@@ -11,12 +11,13 @@ annotations of two COCO val2017 images (shared/realdata, 640x427 and 640x426) dr
 (shifted) to 50; without that file, synthetic discs. Message size is the CDR-serialised InstanceMaskArray vs the
 raw mono8 masks (N x 480 x 640 bytes).
 
-Imported by `python -m instructsam.benchmarks` only when rclpy and the generated messages import, so the model
-library stays free of ROS.
+`python -m instructsam_ros.benchmarks [options]` is the whole benchmark command: the library's suite
+(`instructsam.benchmarks`) with this section added, so the model library never imports the ROS layer.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -156,4 +157,14 @@ def run_node(checkpoint: Path, repeats: int, counts=COUNTS) -> tuple[dict, list[
         context.try_shutdown()
 
 
-__all__ = ["run_node", "instance_masks"]
+def main(argv: list[str] | None = None) -> int:
+    from instructsam.benchmarks.__main__ import main as run_suite
+
+    return run_suite(argv, extra_sections={"node": run_node}, prog="python -m instructsam_ros.benchmarks")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["run_node", "instance_masks", "main"]

@@ -1,4 +1,4 @@
-"""The benchmark suite (python -m instructsam.benchmarks): a smoke run of the command at tiny settings, and the FLOP
+"""The benchmark suite (python -m instructsam_ros.benchmarks): a smoke run of the command at tiny settings, and the FLOP
 counter it relies on. No timing assertions: timings depend on the machine."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SECTIONS = {"paths", "batching", "node", "scaling", "stream"}
 
 def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "instructsam.benchmarks", "--config", "tiny", "--repeats", "1",
+    cmd = [sys.executable, "-m", "instructsam_ros.benchmarks", "--config", "tiny", "--repeats", "1",
            "--stream-frames", "50", "--no-full-size", "--out", str(out), "--models", str(tiny_dir().parent),
            "--markdown", str(tmp_path / "BENCHMARKS.md")]
     env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1")
@@ -49,7 +49,7 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     for plot in ("scaling_k.png", "scaling_objects.png", "stream_rss.png"):
         assert (out / plot).stat().st_size > 1000
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "## Targets" in md and "python -m instructsam.benchmarks" in md and "![stream_rss]" in md
+    assert "## Targets" in md and "python -m instructsam_ros.benchmarks" in md and "![stream_rss]" in md
     # the tracked frame is measured as the pipeline runs it (ViT + tracker neck): no projection beside it
     paths = results["sections"]["paths"]["tiny"]
     assert paths["encode_tracker_inputs"]["median_ms"] > 0 and "tracked-frame encode" in md

@@ -1,9 +1,9 @@
-"""The benchmark suite: `python -m instructsam.benchmarks` (or `bash scripts/bench.sh`) measures, in one run, the cost
-of every path and prints each figure beside its target with PASS/FAIL; BENCHMARKS.md holds the last run.
+"""The benchmark suite: `python -m instructsam_ros.benchmarks` (or `bash scripts/bench.sh`) measures, in one run, the
+cost of every path and prints each figure beside its target with PASS/FAIL; BENCHMARKS.md holds the last run.
 
     common.py     timing (medians after warm-up), targets, the random benchmark checkpoints, frames, pipelines
     paths.py      1. keyframe / tracked frame / instruction switch / cold pass; 2. N instructions batched
-    (instructsam_ros/benchmarks.py)  3. node overhead and message size (needs ROS; imported only if it imports)
+    (instructsam_ros/benchmarks.py)  3. node overhead and message size (added by the ROS layer's command)
     scaling.py    4. latency and memory vs K and vs tracked objects
     stream.py     5. resident memory over a long stream (its own process)
     full_size.py  6. the full-size composition on paper: parameters, FLOPs, activation memory, H100 estimate

@@ -4,8 +4,9 @@
                                      [--full-size | --no-full-size] [--out DIR] [--markdown BENCHMARKS.md]
                                      [--threads N] [--sections paths,batching,node,scaling,stream,full_size]
 
-Sections (one module each): 1 paths, 2 batching (paths.py), 3 node overhead (instructsam_ros/benchmarks.py, run
-only when the ROS layer imports: the library stays ROS-free), 4 scaling, 5 stream, 6 full_size. Writes
+Sections (one module each): 1 paths, 2 batching (paths.py), 3 node overhead (instructsam_ros/benchmarks.py: the
+ROS layer runs this command with it, `python -m instructsam_ros.benchmarks`; the library never imports the ROS
+layer, so here alone it is skipped), 4 scaling, 5 stream, 6 full_size. Writes
 DIR/benchmarks.json and the plots; --markdown writes the report (table, plots, commands).
 """
 from __future__ import annotations
@@ -117,8 +118,12 @@ def render(args: argparse.Namespace, results: dict, targets: list[Target]) -> No
         log(f"wrote {args.markdown}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra_sections: dict | None = None,
+         prog: str = "python -m instructsam.benchmarks") -> int:
+    """`extra_sections`: section name -> runner(checkpoint, repeats) -> (result, targets), given by the layers
+    above the library (the ROS layer's node section)."""
     args = parse_args(argv)
+    extra = extra_sections or {}
     if args.render_only:
         results = json.loads((args.out / "benchmarks.json").read_text())
         render(args, results, [target_from_dict(t) for t in results["targets"]])
@@ -172,10 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{config} scaling", lambda: run_scaling(store, config, args.repeats))
 
     if "node" in args.sections:
-        try:
-            from instructsam_ros.benchmarks import run_node
-        except ImportError as err:  # the library runs without ROS; the node section needs rclpy + messages
-            log(f"[node] skipped: the ROS layer does not import here ({err})")
+        run_node = extra.get("node")
+        if run_node is None:
+            log("[node] skipped: the node section belongs to the ROS layer (python -m instructsam_ros.benchmarks)")
         else:
             result, found = timed("node", lambda: run_node(store.checkpoint("tiny"), args.repeats))
             sections["node"] = result
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sections["full_size"] = timed("full size", lambda: run_full_size(log=log))
 
-    command = "python -m instructsam.benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = f"{prog} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import torch
     import transformers
 

@@ -183,6 +183,29 @@ def write_split(out: str | os.PathLike, split: str, num_images: int, image_size:
     return path
 
 
+def preview_samples(image_size: int = 128, seed: int = 0) -> tuple[list, object]:
+    """What the contact sheet shows by default: one sample per family from the train split, four held-out ones,
+    and the busiest of a few training videos that has an object entering or leaving."""
+    from .synthetic_language import FAMILIES
+
+    ds = SyntheticInst2Seg("train", 400, image_size, seed)
+    samples, seen = [], set()
+    for i in range(len(ds)):
+        s = ds[i]
+        if s.family not in seen:
+            seen.add(s.family)
+            samples.append(s)
+        if len(seen) == len(FAMILIES):
+            break
+    held = SyntheticInst2Seg("heldout", 40, image_size, seed)
+    samples += [held[i] for i in (0, 5, 10, 15)]
+    vids = SyntheticVideos("train", 12, image_size, seed)
+    cands = [vids[i] for i in range(len(vids))]
+    moving = [v for v in cands if any(o["motion"] in ("enter", "leave") for o in v.objects.values())
+              and v.instructions[0]["target_ids"]] or cands
+    return samples, max(moving, key=lambda v: len(v.objects))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m instructsam.data.synthetic",
                                 description="Write the synthetic Inst2Seg dataset (deterministic in --seed).")
@@ -205,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {path}")
     if args.preview:
         from .synthetic_preview import save_contact_sheet
-        save_contact_sheet(args.preview, image_size=args.image_size, seed=args.seed)
+        save_contact_sheet(args.preview, *preview_samples(args.image_size, args.seed))
         print(f"wrote {args.preview}")
 
 

@@ -34,36 +34,15 @@ def overlay_targets(sample: InstructionSample, scale: int = 3) -> np.ndarray:
     return img
 
 
-def save_contact_sheet(path: str | os.PathLike, samples: list[InstructionSample] | None = None,
-                       video=None, image_size: int = 128, seed: int = 0, cols: int = 6) -> None:
-    """Save a grid of samples (default: one per family from the train split + one held-out row and
-    six frames of a video) with instruction text and target outlines."""
+def save_contact_sheet(path: str | os.PathLike, samples: list[InstructionSample], video=None,
+                       cols: int = 6) -> None:
+    """Save a grid of samples (and six frames of `video`, if given) with instruction text and target outlines
+    (`synthetic.preview_samples` picks a default set)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .synthetic import SyntheticInst2Seg, SyntheticVideos
-    from .synthetic_language import FAMILIES
-
-    if samples is None:
-        ds = SyntheticInst2Seg("train", 400, image_size, seed)
-        samples, seen = [], set()
-        for i in range(len(ds)):
-            s = ds[i]
-            if s.family not in seen:
-                seen.add(s.family)
-                samples.append(s)
-            if len(seen) == len(FAMILIES):
-                break
-        held = SyntheticInst2Seg("heldout", 40, image_size, seed)
-        samples += [held[i] for i in (0, 5, 10, 15)]
-    if video is None:  # the busiest of a few videos that has an object entering or leaving
-        vids = SyntheticVideos("train", 12, image_size, seed)
-        cands = [vids[i] for i in range(len(vids))]
-        moving = [v for v in cands if any(o["motion"] in ("enter", "leave") for o in v.objects.values())
-                  and v.instructions[0]["target_ids"]] or cands
-        video = max(moving, key=lambda v: len(v.objects))
     rows = (len(samples) + cols - 1) // cols + (1 if video is not None else 0)
     vcols = max(cols, 6)
     fig, axes = plt.subplots(rows, vcols, figsize=(2.6 * vcols, 3.0 * rows), squeeze=False)
