@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO
 from instructsam.evaluation.evaluate import evaluate_model, load_model
-from instructsam.training.data import build_dataset
+from instructsam.data.batching import build_dataset
 
 CHECKPOINT = REPO / "checkpoints" / "instructsam-tiny"
 RECORDED = REPO / "docs" / "shipped_model_eval" / "test" / "metrics.json"

@@ -17,7 +17,7 @@ from torchvision.ops import box_convert
 from instructsam.modeling import InstructSAMModel
 from instructsam.training.config import load_config
 from instructsam.training.criterion import SetCriterion
-from instructsam.training.data import build_dataset, epoch_batches, image_groups
+from instructsam.data.batching import build_dataset, epoch_batches, image_groups
 from instructsam.training.denoising import noised_reference_boxes
 from instructsam.training.export import main as export_main
 from instructsam.training.matcher import HungarianMatcher

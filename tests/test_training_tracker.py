@@ -13,7 +13,7 @@ from conftest import REPO
 from instructsam.evaluation.tracker import evaluate_tracker, pairwise_overlap, track_video
 from instructsam.modeling import InstructSAMModel
 from instructsam.training.config import load_config
-from instructsam.training.data import build_dataset
+from instructsam.data.batching import build_dataset
 from instructsam.training.tracking import (TrackingCriterion, first_frame_objects, positional_memory_attention_,
                                           track_clip)
 from instructsam.training.trainer import DistInfo, build_model, train

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..training.data import build_dataset, image_groups
+from ..data.batching import build_dataset, image_groups
 from .evaluate import limit_groups, load_model, predict_groups, score_predictions
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)

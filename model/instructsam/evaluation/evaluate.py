@@ -22,7 +22,7 @@ import torch
 
 from ..data.format import InstructionSample
 from ..outputs import Prediction
-from ..training.data import build_dataset, collate_groups, image_groups
+from ..data.batching import build_dataset, collate_groups, image_groups
 from .instance_set import InstanceSetEvaluator
 from .report import OverlayItem, write_report
 
@@ -101,7 +101,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     from ..training.checkpointing import is_step_checkpoint
 
     if is_step_checkpoint(path):
-        from ..training.trainer import load_step_model
+        from ..training.model_build import load_step_model
 
         return load_step_model(path, device)
     from ..loading import load_model as load

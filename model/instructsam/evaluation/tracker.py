@@ -26,8 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..pipeline.tracking import TrackerSession, mask_iou
-from ..training.data import build_dataset
-from ..training.tracking import first_frame_objects
+from ..data.batching import build_dataset, first_frame_objects
 from .video import boundary_fmeasure, region_similarity
 
 

@@ -4,7 +4,7 @@
         trainable.safetensors   the trainable parameters, under the model's own state-dict names (the names
                                 save_pretrained writes), so they can be loaded into a from_pretrained model
         training_state.safetensors  optimizer, LR scheduler, grad scaler, data position, run config, world size
-        train_config.yaml       the run config (to rebuild the model: instructsam.training.trainer.load_step_model)
+        train_config.yaml       the run config (to rebuild the model: instructsam.training.model_build.load_step_model)
         rng_rank{r}.safetensors python / numpy / torch (+ CUDA) RNG states of each rank
 
 None of these files is a pickle (state_file.py: tensors in safetensors, the rest as JSON), so resuming from a

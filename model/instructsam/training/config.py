@@ -29,7 +29,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    train: str = "synthetic:train:8000"  # data spec (instructsam.training.data.build_dataset)
+    train: str = "synthetic:train:8000"  # data spec (instructsam.data.batching.build_dataset)
     val: str | None = "synthetic:val:200"
     image_size: int = 128  # synthetic images only
     seed: int = 0  # synthetic generator seed (not the shuffling seed)

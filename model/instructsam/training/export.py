@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .trainer import load_step_model
+from .model_build import load_step_model
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.batching import ClipBatch, collate_clips, first_frame_objects  # noqa: F401  (re-exported)
 from ..pipeline.tracking import mask_prompt, new_streaming_session
 from .criterion import dice_loss
 
@@ -53,37 +54,6 @@ def positional_memory_attention_(tracker, strength: float = 5.0, pairs: int = 8)
             for projection in (attention.q_proj, attention.k_proj):
                 projection.weight.zero_()
                 projection.bias.copy_(bias.flatten())
-
-
-@dataclass
-class ClipBatch:
-    """Video clips: frames (T, H, W, 3) uint8 each, and per clip {object id: (T, H, W) bool mask}."""
-
-    clips: list[np.ndarray]
-    masks: list[dict[int, np.ndarray]]
-
-    def __len__(self) -> int:  # samples = prompted objects (what a step is normalised by)
-        return sum(len(first_frame_objects(m)) for m in self.masks)
-
-    @property
-    def num_images(self) -> int:
-        return sum(len(c) for c in self.clips)
-
-    def model_inputs(self) -> tuple:
-        return (self.clips, [{k: m[k][0] for k in first_frame_objects(m)} for m in self.masks])
-
-    def targets_on(self, device: torch.device) -> list[dict[int, torch.Tensor]]:
-        return [{k: torch.from_numpy(np.asarray(v[1:], dtype=bool)).to(device) for k, v in m.items()}
-                for m in self.masks]
-
-
-def first_frame_objects(masks: dict[int, np.ndarray]) -> list[int]:
-    return [k for k in sorted(masks) if masks[k][0].any()]
-
-
-def collate_clips(videos, indices: list[int]) -> ClipBatch:
-    samples = [videos[i] for i in indices]
-    return ClipBatch([s.frames for s in samples], [s.masks for s in samples])
 
 
 @dataclass

@@ -16,7 +16,8 @@ import sys
 
 from ..errors import CheckpointError
 from .config import load_config
-from .trainer import cleanup_distributed, train
+from .model_build import cleanup_distributed
+from .trainer import train
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.format import InstructionSample
-from ..data.inst2seg import Inst2SegDataset
-from ..data.synthetic import SPLITS, SyntheticInst2Seg, SyntheticVideos
+from .format import InstructionSample
+from .inst2seg import Inst2SegDataset
+from .synthetic import SPLITS, SyntheticInst2Seg, SyntheticVideos
 
 DEFAULT_SYNTHETIC_SAMPLES = 800
 DEFAULT_SYNTHETIC_VIDEOS = 200
@@ -112,8 +112,6 @@ def sample_target(sample: InstructionSample) -> dict:
 def collate_groups(dataset, groups: list[list[int]]):
     """A Batch of image groups, or a ClipBatch of videos (one video per group)."""
     if isinstance(dataset, SyntheticVideos):
-        from .tracking import collate_clips
-
         return collate_clips(dataset, [g[0] for g in groups])
     images, instructions, tasks, image_index, targets, samples = [], [], [], [], [], []
     for g, indices in enumerate(groups):
@@ -180,5 +178,39 @@ def make_loader(dataset, groups: list[list[int]], batch_groups: list[list[int]],
                                        persistent_workers=False)
 
 
-__all__ = ["Batch", "build_dataset", "image_groups", "sample_target", "collate_groups", "epoch_batches",
-           "make_loader", "GroupBatches", "DEFAULT_SYNTHETIC_SAMPLES"]
+def first_frame_objects(masks: dict[int, np.ndarray]) -> list[int]:
+    """The object ids of a clip (id -> (T, H, W) masks) visible on its first frame: the ones a tracker is
+    prompted with."""
+    return [k for k in sorted(masks) if masks[k][0].any()]
+
+
+@dataclass
+class ClipBatch:
+    """Video clips: frames (T, H, W, 3) uint8 each, and per clip {object id: (T, H, W) bool mask}."""
+
+    clips: list[np.ndarray]
+    masks: list[dict[int, np.ndarray]]
+
+    def __len__(self) -> int:  # samples = prompted objects (what a step is normalised by)
+        return sum(len(first_frame_objects(m)) for m in self.masks)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(c) for c in self.clips)
+
+    def model_inputs(self) -> tuple:
+        return (self.clips, [{k: m[k][0] for k in first_frame_objects(m)} for m in self.masks])
+
+    def targets_on(self, device: torch.device) -> list[dict[int, torch.Tensor]]:
+        return [{k: torch.from_numpy(np.asarray(v[1:], dtype=bool)).to(device) for k, v in m.items()}
+                for m in self.masks]
+
+
+def collate_clips(videos, indices: list[int]) -> ClipBatch:
+    samples = [videos[i] for i in indices]
+    return ClipBatch([s.frames for s in samples], [s.masks for s in samples])
+
+
+__all__ = ["first_frame_objects", "ClipBatch", "collate_clips", "Batch", "build_dataset", "image_groups",
+           "sample_target", "collate_groups", "epoch_batches", "make_loader", "GroupBatches",
+           "DEFAULT_SYNTHETIC_SAMPLES"]
