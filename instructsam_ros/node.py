@@ -343,27 +343,25 @@ class InstructSAMNode(Node):
 
     def _work(self) -> None:
         """The worker thread: process the newest frame of each camera in turn, publish, repeat."""
-        pipeline = self.pipeline
-        step_errors: dict[str, int] = {}  # the pipeline's error count per camera: tells which camera failed
-        while not self._stop.is_set():
-            try:
-                result = pipeline.step_any()
-            except Exception as err:  # the pipeline recorded it and reset that camera; report, keep serving
-                errors = {c: pipeline.stats(c)["errors"] for c in self.streams}
-                camera = next((c for c in self.streams if errors[c] > step_errors.get(c, 0)), "")
-                step_errors = errors
-                self._report(camera, f"frame skipped: {type(err).__name__}: {err}")
-                if not isinstance(err, InstructSAMInputError):
-                    time.sleep(0.1)  # an unexpected failure: do not spin on it
-                continue
-            if result is None:
-                self._wake.wait(0.05)
-                self._wake.clear()
-                continue
+        def idle() -> bool:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            return True
+
+        def publish(result) -> bool:
             try:
                 self._publish(result)
             except Exception as err:
                 self._report(result.camera, f"could not publish a result: {type(err).__name__}: {err}")
+            return True
+
+        def failed(failure) -> None:  # the pipeline counted it and reset that camera: report, keep serving
+            err = failure.error
+            self._report(failure.camera, f"frame skipped: {type(err).__name__}: {err}")
+            if not isinstance(err, InstructSAMInputError):
+                time.sleep(0.1)  # an unexpected failure: do not spin on it
+
+        self.pipeline.run_worker(lambda: not self._stop.is_set(), idle, publish, failed)
 
     def _publish(self, result) -> None:
         stream = self.streams[result.camera]

@@ -13,7 +13,7 @@ from pipeline_helpers import load_seeing_tiny
 
 from instructsam.data.synthetic import SyntheticVideos
 from instructsam.errors import ImageInputError, InstructionError
-from instructsam.pipeline.frame_pipeline import FramePipeline, FrameResult, PipelineSettings
+from instructsam.pipeline.frame_pipeline import CameraStepError, FramePipeline, FrameResult, PipelineSettings
 from instructsam.pipeline.instructions import InstructionBook, InstructionRejected
 
 # the tiny model's detector is random: its slot scores are ~0.25, so threshold 0 makes it detect something
@@ -237,8 +237,9 @@ def test_a_model_error_on_one_camera_does_not_stop_the_others(model, video):
         for _ in range(2):
             try:
                 results.append(p.step_any())
-            except InstructionError as err:
-                errors.append(str(err))
+            except CameraStepError as failure:  # names the failing camera; the model's own error inside
+                assert failure.camera == "a" and isinstance(failure.error, InstructionError)
+                errors.append(str(failure.error))
     assert [r.camera for r in results] == ["b"] * 3 and [r.frame for r in results] == [0, 1, 2]
     assert len(errors) == 3 and all("camera 'a'" in e and "tokens" in e for e in errors)
     stats = p.stats("a")

@@ -218,31 +218,26 @@ class _Replay:
         done = threading.Event()
         wake = threading.Event()
 
-        def work() -> None:  # the node's worker loop: step_any() until the feed is done and nothing is pending
-            cameras = list(self.source.cameras)
-            failures = {c: 0 for c in cameras}
-            while True:
-                start = time.monotonic()
-                try:
-                    result = self.pipeline.step_any()
-                except Exception as err:  # the pipeline counted it on the failing camera (as the node finds it)
-                    counts = {c: self.pipeline.stats(c)["errors"] for c in cameras}
-                    camera = next((c for c in cameras if counts[c] > failures[c]), "")
-                    failures = counts
-                    errors.append((camera, start, err))
-                    continue
-                if result is None:
-                    if done.is_set():
-                        return
-                    wake.wait(0.002)
-                    wake.clear()
-                    continue
-                answered.add(result.frame.seq)
-                try:
-                    self.result(result)
-                except BaseException as err:  # e.g. the output bag cannot be written: the run cannot complete
-                    fatal.append(err)
-                    return
+        def idle() -> bool:
+            if done.is_set():
+                return False
+            wake.wait(0.002)
+            wake.clear()
+            return True
+
+        def answer(result) -> bool:
+            answered.add(result.frame.seq)
+            try:
+                self.result(result)
+            except BaseException as err:  # e.g. the output bag cannot be written: the run cannot complete
+                fatal.append(err)
+                return False
+            return True
+
+        def work() -> None:  # the node's worker loop, until the feed is done and nothing is pending
+            self.pipeline.run_worker(lambda: True, idle, answer,
+                                     lambda failure: errors.append((failure.camera, failure.started,
+                                                                    failure.error)))
 
         worker = threading.Thread(target=work, name="bag-replay-worker", daemon=True)
         worker.start()

@@ -18,6 +18,7 @@ import dataclasses
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,16 @@ class PipelineSettings:
         check(self.lost_patience >= 0, "lost_patience", ">= 0")
         check(self.max_instruction_chars >= 1, "max_instruction_chars", ">= 1")
         check(self.default_task in TASKS, "default_task", f"one of {TASKS}")
+
+
+class CameraStepError(RuntimeError):
+    """step_any() could not process a camera's frame: `camera` names it and `error` is what failed (already counted
+    in stats(camera), and the camera reset so its next frame is a keyframe)."""
+
+    def __init__(self, camera: str, error: Exception, started: float):
+        super().__init__(f"camera {camera!r}: {type(error).__name__}: {error}")
+        self.camera, self.error = camera, error
+        self.started = started  # time.monotonic() when the failed step began (which frame it took follows)
 
 
 @dataclass
@@ -226,10 +237,31 @@ class FramePipeline:
                         break
             if name is None:
                 return None
-            result = self.step(name)
+            started = time.monotonic()
+            try:
+                result = self.step(name)
+            except Exception as err:
+                raise CameraStepError(name, err, started) from err
             if result is not None:
                 return result
         return None
+
+    def run_worker(self, keep_going: Callable[[], bool], idle: Callable[[], bool],
+                   on_result: Callable[[FrameResult], bool], on_failure: Callable[[CameraStepError], None]) -> None:
+        """The worker loop of the node and of the bag replay: step_any() while keep_going(); on no pending frame,
+        idle() waits and says whether to go on; on_result(result) says whether to go on; a failed frame goes to
+        on_failure (the camera is named by the error, not guessed from counters)."""
+        while keep_going():
+            try:
+                result = self.step_any()
+            except CameraStepError as failure:
+                on_failure(failure)
+                continue
+            if result is None:
+                if not idle():
+                    return
+            elif not on_result(result):
+                return
 
     @torch.no_grad()
     def _process(self, cam: _Camera, pending: _Pending, instruction: ActiveInstruction,
@@ -328,4 +360,4 @@ def _instance(track: Track, height: int, width: int) -> TrackedInstance:
                            box=np.asarray(track.box, dtype=np.float32))
 
 
-__all__ = ["PipelineSettings", "TrackedInstance", "FrameResult", "FramePipeline"]
+__all__ = ["CameraStepError", "PipelineSettings", "TrackedInstance", "FrameResult", "FramePipeline"]
