@@ -402,9 +402,8 @@ class InstructSAMNode(Node):
         exactly as sent, embedded NULs included, and bytes that are not UTF-8 an error. None after reporting."""
         try:
             return typestore().deserialize_cdr(raw, msgtype)
-        except Exception as err:
-            cause = err.__cause__ or err.__context__
-            why = "its bytes are not valid UTF-8" if isinstance(cause, UnicodeDecodeError) or "codec" in str(err) \
+        except Exception as err:  # rosbags' SerdeError, caused by a UnicodeDecodeError for bytes that are not UTF-8
+            why = "its bytes are not valid UTF-8" if isinstance(err.__cause__, UnicodeDecodeError) \
                 else "it cannot be decoded"
             self._report("", f"instruction from {source} rejected: {why} ({err})")
             return None
@@ -469,12 +468,11 @@ class InstructSAMNode(Node):
             self.get_logger().info(f"settings changed: {changes}")
 
     # ---- diagnostics --------------------------------------------------------------------------------------------
-    def _silent_topic(self, s: CameraStream, received0: int, now: float, period: float) -> str:
+    @staticmethod
+    def _silent_topic(s: CameraStream, publishers: int, received0: int, now: float, period: float) -> str:
         """Why a subscribed camera with publishers delivered no frame in the last diagnostics period ("" if not)."""
-        if s.subscription is None or s.received > received0 or now - s.subscribed_at < 2 * period:
-            return ""
-        publishers = self.count_publishers(s.topic)
-        if not publishers:
+        if (s.subscription is None or not publishers or s.received > received0
+                or now - s.subscribed_at < 2 * period):
             return ""
         return (f"{publishers} publisher(s) on {s.topic} but no frame arrived in {period:.1f} s (subscribed "
                 f"{s.reliability}): check the publisher's QoS and, for large best-effort images, its DDS transport "
@@ -502,7 +500,8 @@ class InstructSAMNode(Node):
             stats = pipeline.stats(s.name) if pipeline is not None else {}
             active = self.book.get(s.name) if self.book is not None else None
             new_errors = s.errors > errors0
-            silent = self._silent_topic(s, received0, now, period)
+            publishers = self.count_publishers(s.topic)
+            silent = self._silent_topic(s, publishers, received0, now, period)
             status = DiagnosticStatus(
                 name=f"{self.get_name()}: {s.name}", hardware_id=self.device or "none",
                 level=DiagnosticStatus.WARN if new_errors or silent else DiagnosticStatus.OK,
@@ -514,7 +513,7 @@ class InstructSAMNode(Node):
                 bad_frames=s.bad_frames, errors=s.errors,
                 latency_p50_ms=f"{stats.get('latency_p50_ms', 0.0):.1f}",
                 latency_p95_ms=f"{stats.get('latency_p95_ms', 0.0):.1f}", device=self.device or "none",
-                publishers=self.count_publishers(s.topic), reliability=s.reliability or "none",
+                publishers=publishers, reliability=s.reliability or "none",
                 instruction_id=active.id if active else "", instruction=active.text[:200] if active else "",
                 last_error=s.last_error)
             statuses.append(status)

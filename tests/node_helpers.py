@@ -2,6 +2,7 @@
 (`--ros-args --params-file config/instructsam.yaml -p key:=value`), and a test-side rclpy client."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,6 +73,29 @@ class NodeProcess:
                 self.proc.wait()
         self._reader.join(timeout=5)
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def active_node(params: dict[str, Any]):
+    """A NodeProcess that reached `active` (fails with its output otherwise), stopped at the end with exit 0."""
+    proc = NodeProcess(params)
+    try:
+        assert proc.wait_for("active: model", timeout=120), f"the node did not become active:\n{proc.output()}"
+        yield proc
+    finally:
+        code = proc.stop()
+        assert code == 0, f"the node exited with {code}:\n{proc.output()[-3000:]}"
+
+
+def reported(client: "Client", node: NodeProcess, expected: str, mark: int, diag_mark: int,
+             timeout: float = 10.0) -> bool:
+    """`expected` appeared in the node's log after `mark`, or (a camera's error lines are rate-limited) as a
+    last_error in the diagnostics received after index `diag_mark`."""
+    def seen() -> bool:
+        return expected in node.output(mark) or any(
+            expected in v.value for msg in client.diagnostics[diag_mark:] for st in msg.status for v in st.values
+            if v.key == "last_error")
+    return client.spin_until(seen, timeout)
 
 
 class Client:

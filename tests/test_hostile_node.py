@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from model_fixtures import tiny_dir
-from node_helpers import Client, NodeProcess, frames, png_image_msg, rgb_image_msg
+from node_helpers import Client, active_node, frames, png_image_msg, reported, rgb_image_msg
 
 CAMERAS = {"front": False, "rear": True, "side": False}
 NODE_PARAMS = {"cameras": list(CAMERAS), "rear.compressed": True, "score_threshold": 0.2, "keyframe_interval": 3,
@@ -26,12 +26,8 @@ GOOD = {cam: frames(1, 40, 48, seed=k)[0] for k, cam in enumerate(CAMERAS)}
 
 @pytest.fixture(scope="module")
 def node():
-    proc = NodeProcess(dict(NODE_PARAMS, checkpoint=str(tiny_dir())))
-    try:
-        assert proc.wait_for("active: model", timeout=120), proc.output()
+    with active_node(dict(NODE_PARAMS, checkpoint=str(tiny_dir()))) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0, proc.output()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -205,11 +201,7 @@ def test_attack_is_refused_naming_the_problem_and_every_camera_still_serves(clie
     mark, diag_mark = node.mark(), len(client.diagnostics)
     said = entry.attack(client)
     if said is None:  # in the log, or (when the camera's error lines are rate-limited) in its diagnostics
-        def seen() -> bool:
-            return entry.expected in node.output(mark) or any(
-                entry.expected in v.value for msg in client.diagnostics[diag_mark:] for st in msg.status
-                for v in st.values if v.key == "last_error")
-        assert client.spin_until(seen, 10), f"{case}: {node.output(mark)[-2000:]}"
+        assert reported(client, node, entry.expected, mark, diag_mark), f"{case}: {node.output(mark)[-2000:]}"
     else:
         assert entry.expected in said, f"{case}: {said}"
     assert node.proc.poll() is None, f"{case}: the node exited"

@@ -12,7 +12,7 @@ import pytest
 
 from instructsam_ros.conversions import decode_masks
 from model_fixtures import load_tiny, tiny_dir
-from node_helpers import Client, NodeProcess, frames, png_image_msg, rgb_image_msg
+from node_helpers import Client, active_node, frames, png_image_msg, reported, rgb_image_msg
 
 NODE_PARAMS = {
     "cameras": ["front", "rear"], "rear.compressed": True, "publish_overlay": True,
@@ -25,13 +25,8 @@ THRESHOLDS = ("score_threshold", "mask_threshold", "nms_iou", "max_instances")
 
 @pytest.fixture(scope="module")
 def node():
-    proc = NodeProcess(dict(NODE_PARAMS, checkpoint=str(tiny_dir())))
-    try:
-        assert proc.wait_for("active: model", timeout=120), f"the node did not become active:\n{proc.output()}"
+    with active_node(dict(NODE_PARAMS, checkpoint=str(tiny_dir()))) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"the node exited with {code}:\n{proc.output()[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +68,6 @@ def send(client: Client, camera: str, msg, timeout: float = 20.0):
     got = client.spin_until(lambda: any(r.header.frame_id == msg.header.frame_id for r in results[start:]), timeout)
     assert got, f"no result on {camera} for frame {msg.header.frame_id!r}"
     return next(r for r in results[start:] if r.header.frame_id == msg.header.frame_id)
-
-
-def reported(client: Client, node, expected: str, mark: int, diag_mark: int, timeout: float = 10.0) -> bool:
-    """`expected` appeared in the node's log after `mark`, or (a camera's error lines are rate-limited) as a
-    camera's last_error in the diagnostics after `diag_mark`."""
-    def seen() -> bool:
-        return expected in node.output(mark) or any(
-            expected in v.value for msg in client.diagnostics[diag_mark:] for st in msg.status for v in st.values
-            if v.key == "last_error")
-    return client.spin_until(seen, timeout)
 
 
 def set_instruction(client: Client, **fields):
@@ -342,6 +327,7 @@ def test_bad_instructions_on_the_topic_are_logged_and_the_current_one_stays(clie
         client.instruction_pub.publish(Instruction(text="a mug", camera="front", task="dance"))
         expected = "unknown task 'dance'"
     assert reported(client, node, expected, mark, diag_mark), node.output(mark)
+    assert reported(client, node, "rejected", mark, diag_mark), node.output(mark)
     assert send(client, "front", rgb_image_msg(FRONT[2], f"after-{case}")).instruction_id == "keep"
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from model_fixtures import tiny_dir
-from node_helpers import REPO, Client, NodeProcess
+from node_helpers import REPO, Client, active_node
 
 SIZES = {"vga": (640, 480), "hd": (1280, 720)}
 FRAMES, RATE = 20, 10.0
@@ -21,13 +21,9 @@ PROFILE = REPO / "config" / "fastdds_large_images.xml"
 
 @pytest.fixture(scope="module")
 def node():
-    proc = NodeProcess({"checkpoint": str(tiny_dir()), "cameras": list(SIZES), "num_threads": 1,
-                        "diagnostics_period": 0.5})
-    try:
-        assert proc.wait_for("active: model", timeout=120), proc.output()
+    with active_node({"checkpoint": str(tiny_dir()), "cameras": list(SIZES), "num_threads": 1,
+                      "diagnostics_period": 0.5}) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0, proc.output()[-3000:]
 
 
 @pytest.fixture(scope="module")

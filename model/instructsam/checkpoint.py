@@ -75,26 +75,31 @@ def file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def hash_weight_files(files: list[Path]) -> dict[str, str]:
+    return {f.name: file_sha256(f) for f in files}
+
+
 def record_weight_hashes(directory: str | Path) -> dict[str, str]:
     """Write the sha256 of every weight file into the directory's config.json (after save_pretrained)."""
     path = Path(directory)
-    hashes = {f.name: file_sha256(f) for f in safetensors_files(path)}
+    hashes = hash_weight_files(safetensors_files(path))
     config = read_config_json(path)
     config[WEIGHTS_HASH_KEY] = hashes
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return hashes
 
 
-def verify_weight_hashes(directory: str | Path, config: dict, what: str = "checkpoint") -> None:
-    """Check every weight file against the hash recorded when it was saved (a checkpoint saved without hashes is
-    not checked). Catches corruption past the header, which opening the file does not notice."""
+def verify_weight_hashes(directory: str | Path, files: list[Path], config: dict, what: str = "checkpoint") -> None:
+    """Check the weight `files` (safetensors_files, already opened) against the hashes recorded when they were
+    saved (a checkpoint saved without hashes is not checked). Catches corruption past the header, which opening
+    the file does not notice."""
     recorded = config.get(WEIGHTS_HASH_KEY)
     if recorded is None:
         return
     if not isinstance(recorded, dict):
         raise CheckpointError(f"{what} config in {str(directory)!r}: {WEIGHTS_HASH_KEY} must map file names to "
                               f"sha256 digests")
-    for file in safetensors_files(directory, what):
+    for file in files:
         expected = recorded.get(file.name)
         if expected is None:
             raise CheckpointError(f"{what} weight file {str(file)!r} has no recorded hash in config.json "
@@ -110,7 +115,7 @@ def weights_fingerprint(directory: str | Path) -> dict[str, str]:
     recorded = config.get(WEIGHTS_HASH_KEY)
     if isinstance(recorded, dict):
         return dict(recorded)
-    return {f.name: file_sha256(f) for f in safetensors_files(directory)}
+    return hash_weight_files(safetensors_files(directory))
 
 
 def check_instructsam_dir(directory: str | Path, verify_hashes: bool = False) -> dict:
@@ -122,9 +127,9 @@ def check_instructsam_dir(directory: str | Path, verify_hashes: bool = False) ->
         raise CheckpointError(
             f"{str(directory)!r} holds a {model_type!r} checkpoint, not an InstructSAM one; compose it from a VLM and "
             f"a SAM3 directory with `python -m instructsam.compose --vlm DIR --sam3 DIR --out DIR`")
-    safetensors_files(directory, "InstructSAM checkpoint")
+    files = safetensors_files(directory, "InstructSAM checkpoint")
     if verify_hashes:
-        verify_weight_hashes(directory, config, "InstructSAM checkpoint")
+        verify_weight_hashes(directory, files, config, "InstructSAM checkpoint")
     path = Path(directory)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise CheckpointNotFoundError(f"InstructSAM checkpoint {str(path)!r} has no tokenizer files")

@@ -197,7 +197,10 @@ def cmd_run(args) -> int:
     options = ReplayOptions(topics=parse_topics(args.topic), instruction_topic=args.instruction_topic,
                             timing=args.timing, rate=args.rate, max_pixels=max_pixels,
                             output_storage=args.output_storage, overlay=args.overlay, progress=not args.no_progress)
-    keys = {job.name: run_key(job, args, settings, checkpoint, max_pixels) for job in jobs}
+    from ..checkpoint import weights_fingerprint
+
+    weights = weights_fingerprint(checkpoint)  # once per run: without recorded hashes it reads every weight byte
+    keys = {job.name: run_key(job, args, settings, checkpoint, weights, max_pixels) for job in jobs}
     reused = reusable_records(jobs, out, keys, args.overwrite, args.write_bags)
     todo = [job for job in jobs if job.name not in reused]
     preflight(todo, options)
@@ -221,7 +224,8 @@ def cmd_run(args) -> int:
     if reused:
         print(f"bag_eval: {len(reused)} of {len(jobs)} bag(s) reused from {out / 'records'} (finished earlier with "
               f"the same settings; --overwrite recomputes them)")
-    records = [reused.get(job.name) or fresh[job.name] for job in jobs if job.name in reused or job.name in fresh]
+    found = {**fresh, **reused}  # a bag skipped after failing has neither
+    records = [found[job.name] for job in jobs if job.name in found]
     code = report(records, out, args.strict, write=not args.records_only, reused=len(reused),
                   failed=len(failures))
     return EXIT_SKIPPED_STRICT if failures and args.strict else code
@@ -231,15 +235,14 @@ def records_path(out: Path, name: str) -> Path:
     return out / "records" / f"{name}.records.json"
 
 
-def run_key(job, args, settings, checkpoint: str, max_pixels: int) -> dict:
-    """Everything that decides a bag's records; a re-run reuses records only when this is equal (as JSON)."""
+def run_key(job, args, settings, checkpoint: str, weights: dict, max_pixels: int) -> dict:
+    """Everything that decides a bag's records (`weights`: checkpoint.weights_fingerprint); a re-run reuses records
+    only when this is equal (as JSON)."""
     import json
-
-    from ..checkpoint import weights_fingerprint
 
     key = {
         "bag": str(Path(job.bag).resolve()), "checkpoint": str(Path(checkpoint).resolve()),
-        "weights": weights_fingerprint(checkpoint), "settings": dataclasses.asdict(settings),
+        "weights": weights, "settings": dataclasses.asdict(settings),
         "schedule": [dataclasses.asdict(e) for e in job.schedule.entries] if job.schedule is not None else None,
         "ground_truth": str(Path(job.ground_truth).resolve()) if job.ground_truth else None,
         "topics": args.topic, "instruction_topic": args.instruction_topic, "timing": args.timing,
