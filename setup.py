@@ -1,8 +1,8 @@
 """pip install for development, training and evaluation without colcon.
 
-`pip install .` gives the `instructsam` model library (from model/) and the `instructsam_ros`
-ROS layer; the ROS message types come from the colcon build (scripts/setup.sh, or a robot's
-colcon workspace). Exact versions: requirements.lock.
+`pip install .` gives the three layers: `instructsam` (the runtime library), `instructsam_ros` (the ROS layer)
+and `instructsam_tools` (training, evaluation, bag evaluation, benchmarks, demo); the ROS message types come from
+the colcon build (scripts/setup.sh, or a robot's colcon workspace). Exact versions: requirements.lock.
 """
 from setuptools import find_packages, setup
 
@@ -12,8 +12,8 @@ setup(
     description="Instruction-conditioned instance-set segmentation and tracking for ROS 2",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(where="model") + find_packages(include=["instructsam_ros", "instructsam_ros.*"]),
-    package_dir={"instructsam": "model/instructsam"},
+    packages=find_packages(include=["instructsam", "instructsam.*", "instructsam_ros", "instructsam_ros.*",
+                                    "instructsam_tools", "instructsam_tools.*"]),
     install_requires=[
         "torch>=2.9", "torchvision", "transformers>=5.23,<6", "tokenizers", "safetensors", "peft>=0.21",
         "numpy", "scipy", "pycocotools", "opencv-python-headless", "pillow", "imageio", "matplotlib",

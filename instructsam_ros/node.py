@@ -41,16 +41,15 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from instructsam.bags.types import INSTRUCTION, STRING, typestore
+from instructsam_ros.bags.typestore import INSTRUCTION, STRING, typestore
 from instructsam.checkpoint import check_instructsam_dir
 from instructsam.errors import CheckpointError, CheckpointNotFoundError, ImageInputError, InstructSAMInputError
 from instructsam.loading import load_model
 from instructsam.loading import resolve_checkpoint as find_checkpoint
 from instructsam.pipeline.image_decode import decode_image_message
 from instructsam.pipeline.instructions import InstructionBook, InstructionRejected, quote_short
-from instructsam_ros.conversions import make_instance, make_instance_array
+from instructsam_ros.conversions import make_instance, make_instance_array, overlay_message
 from instructsam_ros.msg import InstanceMaskArray, Instruction
-from instructsam_ros.overlay import overlay_message
 from instructsam_ros.parameters import (
     ACTIVATE, BY_NAME, CONFIGURE, PARAMS, PIPELINE_SETTINGS, RUNTIME, default_image_topic,
 )

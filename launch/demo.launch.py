@@ -4,7 +4,7 @@ synthetic camera and driven by the scripted planner; optionally the recorder (GI
     ros2 launch instructsam_ros demo.launch.py [checkpoint:=DIR] [frames:=150] [fps:=8.0] [loop:=true] [record:=false]
     rviz2  ->  Image display on /camera/overlay
 
-The same processes `python -m instructsam_ros.demo` starts without ROS 2 launch (instructsam_ros/demo/__main__.py),
+The same processes `python -m instructsam_tools.demo` starts without ROS 2 launch (instructsam_tools/demo/__main__.py),
 except that here the camera loops by default and the planner starts its script over with it.
 """
 import os

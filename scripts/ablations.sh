@@ -22,12 +22,12 @@ threads="train.num_threads=${THREADS:-2}"
 for run in ${RUNS:-tiny tiny_causal tiny_k4 tiny_k64}; do
   stage1="config/train_$run.yaml"
   [ "$run" = tiny ] && stage1=config/train_tiny_stage1.yaml
-  python -m instructsam.training.train --config "$stage1" "output_dir=$out/$run/stage1" "$threads" "${seed[@]}"
+  python -m instructsam_tools.training.train --config "$stage1" "output_dir=$out/$run/stage1" "$threads" "${seed[@]}"
   # stage 2's schedule is cut to STEPS (warmup and cosine decay included), so each run ends at its minimum LR
-  python -m instructsam.training.train --config config/train_tiny_stage2.yaml "output_dir=$out/$run/stage2" \
+  python -m instructsam_tools.training.train --config config/train_tiny_stage2.yaml "output_dir=$out/$run/stage2" \
     "model.checkpoint=$out/$run/stage1/final" "train.max_steps=$steps" optim.warmup_steps=50 train.eval_every=0 \
     data.val=null "$threads" "${seed[@]}"
-  python -m instructsam.evaluation.evaluate --checkpoint "$out/$run/stage2/final" --data synthetic:test:800 \
+  python -m instructsam_tools.evaluation.evaluate --checkpoint "$out/$run/stage2/final" --data synthetic:test:800 \
     --out "$out/$run/eval" --score-threshold "$threshold" --num-overlays 0 --title "ablation $run" \
     --threads "${THREADS:-2}"
 done
@@ -58,7 +58,7 @@ for run, mode, k in runs:
           f"{fmt(m['N-acc'], 3)} | {fmt(m['T-acc'], 3)} | {fmt(m['duplicate_rate'], 3)} | "
           f"{fmt(m['pred_overlap'], 3)} |")
 if done:  # one group of bars per run
-    from instructsam.evaluation.report import plot_family_bars
+    from instructsam_tools.evaluation.report import plot_family_bars
     plot_family_bars({"per_family": done}, Path(doc).with_suffix(".png"),
                      metrics=("mAP", "AP50", "gIoU", "N-acc", "duplicate_rate", "pred_overlap"),
                      title=f"Ablations: two-stage recipe, 300 + {steps} steps")

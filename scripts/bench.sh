@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark command (BENCHMARKS.md): sets up the machine if needed, then runs every section and prints each
-# figure beside its target with PASS/FAIL. Arguments go to `python -m instructsam_ros.benchmarks`, e.g.
+# figure beside its target with PASS/FAIL. Arguments go to `python -m instructsam_tools.benchmarks`, e.g.
 #   bash scripts/bench.sh --markdown BENCHMARKS.md --notes docs/benchmarks/notes.md
 #   bash scripts/bench.sh --config tiny --repeats 1 --stream-frames 200 --no-full-size
 set -euo pipefail
@@ -8,4 +8,4 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$REPO/scripts/setup.sh"
 source "$REPO/scripts/env.sh"
 cd "$REPO"
-exec python -m instructsam_ros.benchmarks "$@"
+exec python -m instructsam_tools.benchmarks "$@"

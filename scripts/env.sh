@@ -6,7 +6,7 @@ export VIRTUAL_ENV="$_isr_repo/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 # The source tree comes first so `instructsam_ros` is the source package (whose __path__ then also
 # reaches the generated instructsam_ros.msg/.srv under install/).
-export PYTHONPATH="$_isr_repo:$_isr_repo/model:$_isr_site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$_isr_repo:$_isr_site${PYTHONPATH:+:$PYTHONPATH}"
 export LD_LIBRARY_PATH="$_isr_repo/install/instructsam_ros/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The ROS 2 wheels install their share/ into the venv root; our message package lives in install/.
 export AMENT_PREFIX_PATH="$_isr_repo/install/instructsam_ros:$VIRTUAL_ENV"

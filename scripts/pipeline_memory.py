@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from instructsam.data.synthetic import SyntheticVideos
+    from instructsam_tools.data.synthetic import SyntheticVideos
     from instructsam.modeling import InstructSAMModel
     from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if (shipped / "config.json").is_file():
             checkpoint = shipped
         else:
-            from instructsam.tiny import build_tiny
+            from instructsam_tools.tiny import build_tiny
 
             checkpoint = build_tiny(Path(tempfile.mkdtemp(prefix="pipeline_memory_")) / "tiny")
             print(f"no shipped checkpoint: using the random tiny model built in {checkpoint}")

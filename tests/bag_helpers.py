@@ -32,23 +32,23 @@ def settings(**overrides):
 
 def synthetic(out_dir, **kw):
     """One small synthetic bag (default: 1 camera, 6 frames of 48 x 48); returns its SyntheticBag."""
-    from instructsam.bags.synthetic import make_synthetic_bags
+    from instructsam_tools.bag_eval.synthetic_bags import make_synthetic_bags
     kw = dict(dict(videos=1, frames=6, size=48, cameras=1, max_objects=3), **kw)
     return make_synthetic_bags(out_dir, **kw)
 
 
 def replay(made, **options):
     """Replay a SyntheticBag with its own schedule and ground truth."""
-    from instructsam.bags.groundtruth import load_ground_truth
-    from instructsam.bags.replay import ReplayOptions, replay_bag
-    from instructsam.bags.schedule import InstructionSchedule
+    from instructsam_tools.bag_eval.groundtruth import attach, load_ground_truth
+    from instructsam_ros.bags.replay import ReplayOptions, replay_bag
+    from instructsam_ros.bags.schedule import InstructionSchedule
     options.setdefault("schedule", InstructionSchedule.load(made.schedule))
     options.setdefault("progress", False)
-    return replay_bag(made.bag, model(), settings(), ReplayOptions(**options),
-                      ground_truth=load_ground_truth(made.ground_truth))
+    return attach(replay_bag(made.bag, model(), settings(), ReplayOptions(**options)),
+                  load_ground_truth(made.ground_truth))
 
 
 def comparable(frames, drop=("seq",)) -> list[dict]:
     """Frame records without measured times (and without `drop`)."""
-    from instructsam.bags.scoring import strip_timing
+    from instructsam_tools.bag_eval.scoring import strip_timing
     return [{k: v for k, v in strip_timing(asdict(f)).items() if k not in drop} for f in frames]

@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 @functools.lru_cache(maxsize=1)
 def tiny_dir() -> Path:
     """Directory of the tiny InstructSAM checkpoint (sources under sources/vlm and sources/sam3)."""
-    from instructsam.tiny import build_tiny
+    from instructsam_tools.tiny import build_tiny
 
     root = Path(tempfile.mkdtemp(prefix="instructsam_tiny_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

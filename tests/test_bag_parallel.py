@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from bag_helpers import SETTINGS, comparable, synthetic, tiny_dir
-from instructsam.bags.cli import main
-from instructsam.bags.records import BagRecords
-from instructsam.bags.scoring import strip_timing
+from instructsam_tools.bag_eval.cli import main
+from instructsam_ros.bags.records import BagRecords
+from instructsam_tools.bag_eval.scoring import strip_timing
 
 
 def run(capsys, out, *extra):

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from bag_helpers import SETTINGS, synthetic, tiny_dir
-from instructsam.bags.cli import main
-from instructsam.bags.scoring import strip_timing
+from instructsam_tools.bag_eval.cli import main
+from instructsam_tools.bag_eval.scoring import strip_timing
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install ray==2.60.0; CI installs it)")
 
@@ -116,7 +116,7 @@ def _taller(gt: dict) -> dict:
     and the replay on the cluster fails when it attaches it (a task that raises, not a dead worker)."""
     import numpy as np
 
-    from instructsam.message_codec import encode_rle
+    from instructsam_ros.message_codec import encode_rle
 
     for topic in gt["topics"].values():
         topic["height"] += 1
@@ -143,7 +143,7 @@ def test_ray_report_equals_the_local_one_and_survives_a_killed_node(cluster, tmp
         assert got[key] == expected[key], key
 
     # the worker node dies mid-run: its actor restarts on the head node and its bag is retried
-    command = [sys.executable, "-m", "instructsam.bags", "run", *map(str, bags), "--checkpoint", str(tiny_dir()),
+    command = [sys.executable, "-m", "instructsam_tools.bag_eval", "run", *map(str, bags), "--checkpoint", str(tiny_dir()),
                "--out", str(tmp_path / "killed"), "--no-progress", "--ray", cluster.address,
                *[f"--set={k}={v}" for k, v in SETTINGS.items()]]
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

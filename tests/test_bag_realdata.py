@@ -9,8 +9,8 @@ import json
 import pytest
 
 from bag_helpers import tiny_dir
-from instructsam.bags.cli import main
-from instructsam.bags.records import BagRecords
+from instructsam_tools.bag_eval.cli import main
+from instructsam_ros.bags.records import BagRecords
 
 MONO8 = "ros2bag_tools_images_mono8_sqlite3"
 MALFORMED = ("rosbags_rs_test_bag_sqlite3", "rosbags_rs_test_bag_mcap")

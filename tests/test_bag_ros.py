@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from bag_helpers import SETTINGS, checkpoint, comparable, replay, synthetic
-from instructsam.bags.records import BagRecords, decode_rle, record_from_instance_array
-from instructsam.bags.scoring import score, strip_timing
+from instructsam_ros.bags.records import BagRecords, decode_rle, record_from_instance_array
+from instructsam_tools.bag_eval.scoring import score, strip_timing
 
 
 def assert_same_message(rclpy_msg, rosbags_msg, where="msg"):
@@ -112,12 +112,12 @@ def test_evaluator_metrics_equal_the_live_nodes(tmp_path):
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
-    from instructsam.bags.cli import node_params
-    from instructsam.bags.groundtruth import attach, load_ground_truth
-    from instructsam.bags.reader import BagSource
-    from instructsam.bags.replay import ReplayOptions, replay_bag
-    from instructsam.bags.runner import ModelSpec, load_model
-    from instructsam.bags.schedule import InstructionSchedule
+    from instructsam_tools.bag_eval.cli import node_params
+    from instructsam_tools.bag_eval.groundtruth import attach, load_ground_truth
+    from instructsam_ros.bags.reader import BagSource
+    from instructsam_ros.bags.replay import ReplayOptions, replay_bag
+    from instructsam_tools.bag_eval.runner import ModelSpec, load_model
+    from instructsam_ros.bags.schedule import InstructionSchedule
     from instructsam.pipeline.frame_pipeline import PipelineSettings
     from instructsam_ros.msg import Instruction
     from instructsam_ros.srv import SetInstruction
@@ -135,8 +135,8 @@ def test_evaluator_metrics_equal_the_live_nodes(tmp_path):
     params = dict(node_params(str(PARAMS_FILE)), **overrides)
     fields = PipelineSettings.__dataclass_fields__
     settings = PipelineSettings(**{k: v for k, v in params.items() if k in fields})
-    evaluated = replay_bag(made.bag, load_model(ModelSpec(str(ckpt))), settings,
-                           ReplayOptions(schedule=schedule, progress=False), ground_truth=gt)
+    evaluated = attach(replay_bag(made.bag, load_model(ModelSpec(str(ckpt))), settings,
+                                  ReplayOptions(schedule=schedule, progress=False)), gt)
 
     # the live node on the same frames (the bag's own bytes) and instructions
     node = NodeProcess(dict(overrides, cameras=["cam0"], checkpoint=str(ckpt)))

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from instructsam.bags.groundtruth import GroundTruthError, attach, ground_truth_json, parse_ground_truth
-from instructsam.bags.records import (BagRecords, FrameRecord, FrameTruth, InstanceRecord, TruthObject,
+from instructsam_tools.bag_eval.groundtruth import GroundTruthError, attach, ground_truth_json, parse_ground_truth
+from instructsam_ros.bags.records import (BagRecords, FrameRecord, FrameTruth, InstanceRecord, TruthObject,
                                       encode_rle)
-from instructsam.bags.schedule import InstructionSchedule, ScheduleError
-from instructsam.bags.scoring import markdown_report, score, strip_timing
-from instructsam.evaluation.video import boundary_fmeasure, region_similarity
+from instructsam_ros.bags.schedule import InstructionSchedule, ScheduleError
+from instructsam_tools.bag_eval.scoring import markdown_report, score, strip_timing
+from instructsam_tools.evaluation.video import boundary_fmeasure, region_similarity
 from instructsam.pipeline.instructions import InstructionBook
 
 H, W = 24, 32
@@ -117,7 +117,7 @@ def test_bags_are_scored_in_name_order_and_names_must_be_unique():
 
 
 def test_markdown_report_lists_skipped_messages():
-    from instructsam.bags.records import SkippedMessage
+    from instructsam_ros.bags.records import SkippedMessage
     records = bag([frame(0, [("1", A, 0.9, "new")], [(1, A)])])
     records.skipped = [SkippedMessage("bag", "/cam0/image_raw", 5, None, "cannot deserialize: bad | data")]
     summary, _ = score([records])
@@ -214,8 +214,8 @@ def test_schedule_camera_must_exist():
 
 
 def test_shards_partition_the_bags_by_name():
-    from instructsam.bags.cli import select_shard
-    from instructsam.bags.runner import BagJob
+    from instructsam_tools.bag_eval.cli import select_shard
+    from instructsam_tools.bag_eval.runner import BagJob
 
     jobs = [BagJob(bag=f"/x/{n}", name=n) for n in ("d", "a", "c", "b", "e")]
     shards = [[j.name for j in select_shard(jobs, f"{k}/2")] for k in range(2)]

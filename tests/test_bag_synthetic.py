@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bag_helpers import comparable, model, replay, settings, synthetic
-from instructsam.bags.reader import BagError, BagSource, camera_name, camera_names
-from instructsam.bags.replay import ReplayOptions, replay_bag
-from instructsam.bags.scoring import score
+from instructsam_ros.bags.reader import BagError, BagSource, camera_name, camera_names
+from instructsam_ros.bags.replay import ReplayOptions, replay_bag
+from instructsam_tools.bag_eval.scoring import score
 from instructsam.pipeline.image_decode import decode_image_message
 
 CASES = [("sqlite3", False, 1), ("sqlite3", True, 1), ("mcap", False, 2), ("mcap", True, 1)]
@@ -78,7 +78,7 @@ def test_replay_equals_the_frame_pipeline_run_directly(tmp_path):
         assert record.keyframe == result.keyframe and record.instruction_id == ins["id"]
         assert [(i.id, i.state) for i in record.instances] == [(i.id, i.state) for i in result.instances]
         assert [i.score for i in record.instances] == [float(np.float32(i.score)) for i in result.instances]
-        from instructsam.bags.records import decode_rle
+        from instructsam_ros.bags.records import decode_rle
         for got, want in zip(record.instances, result.instances):
             np.testing.assert_array_equal(decode_rle(got.rle, 48, 48), want.mask)
 
@@ -149,14 +149,14 @@ class FailsOnFrame:
 
 @pytest.mark.parametrize("timing", ["fast", "recorded"])
 def test_a_failing_frame_is_reported_and_the_replay_goes_on(tmp_path, timing):
-    from instructsam.bags.groundtruth import load_ground_truth
-    from instructsam.bags.schedule import InstructionSchedule
+    from instructsam_tools.bag_eval.groundtruth import attach, load_ground_truth
+    from instructsam_ros.bags.schedule import InstructionSchedule
 
     made = synthetic(tmp_path, seed=5)[0]
     broken = FailsOnFrame(model(), made.videos[0].frames[1])
-    records = replay_bag(made.bag, broken, settings(), ReplayOptions(
-        schedule=InstructionSchedule.load(made.schedule), timing=timing, rate=0.5, progress=False),
-        ground_truth=load_ground_truth(made.ground_truth))
+    records = attach(replay_bag(made.bag, broken, settings(), ReplayOptions(
+        schedule=InstructionSchedule.load(made.schedule), timing=timing, rate=0.5, progress=False)),
+        load_ground_truth(made.ground_truth))
     statuses = [f.status for f in records.frames]
     if timing == "recorded" and statuses[1] == "dropped":  # too slow a machine: frame 1 never reached the model
         assert not records.skipped
@@ -172,11 +172,11 @@ def test_a_failing_frame_is_reported_and_the_replay_goes_on(tmp_path, timing):
 
 
 def test_make_synthetic_command_of_the_ros_package(tmp_path):
-    """`python -m instructsam_ros.bag_eval make-synthetic` as a user runs it: bags + ground truth + schedules."""
+    """`python -m instructsam_tools.bag_eval make-synthetic` as a user runs it: bags + ground truth + schedules."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "instructsam_ros.bag_eval", "make-synthetic", "--out", str(tmp_path),
+    out = subprocess.run([sys.executable, "-m", "instructsam_tools.bag_eval", "make-synthetic", "--out", str(tmp_path),
                           "--storage", "mcap", "--compressed", "--format", "png", "--videos", "2", "--cameras", "2",
                           "--frames", "3", "--size", "32"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -187,7 +187,7 @@ def test_make_synthetic_command_of_the_ros_package(tmp_path):
             assert set(source.topic_types.values()) == {"sensor_msgs/msg/CompressedImage"}
             msg = source.deserialize(next(source.messages()))
             assert msg.format == "rgb8; png compressed bgr8" and decode_image_message(msg).shape == (32, 32, 3)
-    from instructsam.bags.groundtruth import load_ground_truth
+    from instructsam_tools.bag_eval.groundtruth import load_ground_truth
     gt = load_ground_truth(tmp_path / "synthetic_1.gt.json")
     assert set(gt.topics) == {"/cam0/image_raw/compressed", "/cam1/image_raw/compressed"}
     assert all(len(t.frames) == 3 for t in gt.topics.values()) and len(gt.instructions) == 4

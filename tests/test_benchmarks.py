@@ -1,4 +1,4 @@
-"""The benchmark suite (python -m instructsam_ros.benchmarks): a smoke run of the command at tiny settings, and the FLOP
+"""The benchmark suite (python -m instructsam_tools.benchmarks): a smoke run of the command at tiny settings, and the FLOP
 counter it relies on. No timing assertions: timings depend on the machine."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SECTIONS = {"paths", "batching", "node", "scaling", "stream"}
 
 def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "instructsam_ros.benchmarks", "--config", "tiny", "--repeats", "1",
+    cmd = [sys.executable, "-m", "instructsam_tools.benchmarks", "--config", "tiny", "--repeats", "1",
            "--stream-frames", "50", "--no-full-size", "--out", str(out), "--models", str(tiny_dir().parent),
            "--markdown", str(tmp_path / "BENCHMARKS.md")]
     env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1")
@@ -49,7 +49,7 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     for plot in ("scaling_k.png", "scaling_objects.png", "stream_rss.png"):
         assert (out / plot).stat().st_size > 1000
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "## Targets" in md and "python -m instructsam_ros.benchmarks" in md and "![stream_rss]" in md
+    assert "## Targets" in md and "python -m instructsam_tools.benchmarks" in md and "![stream_rss]" in md
     # the tracked frame is measured as the pipeline runs it (ViT + tracker neck): no projection beside it
     paths = results["sections"]["paths"]["tiny"]
     assert paths["encode_tracker_inputs"]["median_ms"] > 0 and "tracked-frame encode" in md
@@ -60,7 +60,7 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
 def test_shape_only_flop_count_equals_the_real_count():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from instructsam.benchmarks.flops import _attention_flops, count_flops
+    from instructsam_tools.benchmarks.flops import _attention_flops, count_flops
 
     model = load_tiny()
     image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
@@ -83,9 +83,9 @@ def test_shape_only_flop_count_equals_the_real_count():
 def test_tracker_flops_are_counted_under_inference_mode():
     """SAM3's tracker runs under torch.inference_mode, where composite ops reach a dispatch mode undecomposed. A
     tracked frame runs SAM3's ViT and the tracker only, and section 6 attributes all of it to its components."""
-    from instructsam.benchmarks.common import moving_shapes, run_frames, tracking_pipeline
-    from instructsam.benchmarks.flops import count_flops
-    from instructsam.benchmarks.full_size import by_component
+    from instructsam_tools.benchmarks.common import moving_shapes, run_frames, tracking_pipeline
+    from instructsam_tools.benchmarks.flops import count_flops
+    from instructsam_tools.benchmarks.full_size import by_component
 
     model = load_tiny()
     pipeline = tracking_pipeline(model, num_objects=2, keyframe_interval=100)
@@ -105,7 +105,7 @@ def test_tracker_flops_are_counted_under_inference_mode():
 
 
 def test_memory_tracker_follows_storages_not_rss():
-    from instructsam.benchmarks.flops import measure_activations
+    from instructsam_tools.benchmarks.flops import measure_activations
 
     def work():
         a = torch.zeros(1000, 1000)  # 4 MB
@@ -121,8 +121,8 @@ def test_fast_rle_encoding_is_byte_identical_to_pycocotools():
     """message_codec.encode_rle codes only the mask's columns (benchmark section 3); it must equal pycocotools."""
     from pycocotools import mask as mask_utils
 
-    from instructsam_ros.benchmarks import instance_masks
-    from instructsam.message_codec import encode_rle, rle_box
+    from instructsam_tools.benchmarks.node_section import instance_masks
+    from instructsam_ros.message_codec import encode_rle, rle_box
 
     def reference(mask):
         rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from instructsam.data.inst2seg import (Inst2SegDataset, Inst2SegFormatError, check_segmentation,
+from instructsam_tools.data.inst2seg import (Inst2SegDataset, Inst2SegFormatError, check_segmentation,
                                        decode_segmentation, encode_mask, validate_inst2seg, write_inst2seg)
 
 H, W = 48, 64

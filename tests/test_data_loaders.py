@@ -14,9 +14,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from conftest import REALDATA
-from instructsam.data.loaders import (load_coco_categories, load_grefcoco, load_reasonseg,
+from instructsam_tools.data.loaders import (load_coco_categories, load_grefcoco, load_reasonseg,
                                       load_refcoco, plural)
-from instructsam.data.safe_pickle import UnsafePickleError, load_plain_pickle, loads_plain
+from instructsam_tools.data.safe_pickle import UnsafePickleError, load_plain_pickle, loads_plain
 
 REAL_COCO = REALDATA / "refseg" / "coco_val2017_2img_mmdet_annotations_only" / "instances_val2017.json"
 CROWD_CAR = 900300255917  # the uncompressed-RLE crowd annotation of image 255917

@@ -13,10 +13,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from instructsam.data.inst2seg import Inst2SegDataset
-from instructsam.data.synthetic import SPLITS, SyntheticInst2Seg, SyntheticVideos, generate_image_item, main
-from instructsam.data.synthetic_scene import HELDOUT_PAIRS, min_visible_area
-from instructsam.data.synthetic_video import read_video, write_video
+from instructsam_tools.data.inst2seg import Inst2SegDataset
+from instructsam_tools.data.synthetic import SPLITS, SyntheticInst2Seg, SyntheticVideos, generate_image_item, main
+from instructsam_tools.data.synthetic_scene import HELDOUT_PAIRS, min_visible_area
+from instructsam_tools.data.synthetic_video import read_video, write_video
 
 # ------------------------------------------------------------------------------------------
 # an independent interpreter of the instruction language

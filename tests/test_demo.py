@@ -1,4 +1,4 @@
-"""The README's demo (`python -m instructsam_ros.demo`, what scripts/demo.sh runs) end to end: node, synthetic camera
+"""The README's demo (`python -m instructsam_tools.demo`, what scripts/demo.sh runs) end to end: node, synthetic camera
 and scripted planner as separate processes over real ROS 2 topics, an overlay GIF, a summary naming every
 instruction, and no process left behind (after a normal run and after Ctrl-C). Plus the pure parts: the video and
 script (scene.py) and the summary arithmetic."""
@@ -24,7 +24,7 @@ FRAMES, FPS, SIZE = 24, 8.0, 96
 
 
 def demo_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "instructsam_ros.demo", "--frames", str(FRAMES), "--fps", str(FPS),
+    return [sys.executable, "-m", "instructsam_tools.demo", "--frames", str(FRAMES), "--fps", str(FPS),
             "--size", str(SIZE), "--checkpoint", str(tiny_dir()), "--out", str(out), *extra]
 
 
@@ -72,7 +72,7 @@ def demo_run(tmp_path_factory):
 def test_demo_runs_end_to_end(demo_run):
     from PIL import Image
 
-    from instructsam_ros.demo import scene
+    from instructsam_tools.demo import scene
 
     proc, out, seconds = demo_run
     output = proc.stdout + proc.stderr
@@ -140,7 +140,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
 
 def test_missing_checkpoint_fails_clearly(tmp_path):
     missing = tmp_path / "no-such-checkpoint"
-    proc = subprocess.run([sys.executable, "-m", "instructsam_ros.demo", "--checkpoint", str(missing),
+    proc = subprocess.run([sys.executable, "-m", "instructsam_tools.demo", "--checkpoint", str(missing),
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "FAILED" in proc.stderr and str(missing) in proc.stderr and "--checkpoint" in proc.stderr
@@ -149,7 +149,7 @@ def test_missing_checkpoint_fails_clearly(tmp_path):
 
 # ---- the pure parts ---------------------------------------------------------------------------------------------
 def test_scene_cast_matches_the_rendered_video_and_script_fits_it():
-    from instructsam_ros.demo import scene
+    from instructsam_tools.demo import scene
 
     index = scene.pick_video(0, SIZE)
     video = scene.demo_video(0, index, 30, SIZE)
@@ -165,7 +165,7 @@ def test_scene_cast_matches_the_rendered_video_and_script_fits_it():
 
 
 def test_summary_counts_tracks_and_latency():
-    from instructsam_ros.demo.recorder import Result, format_summary, summarize
+    from instructsam_tools.demo.recorder import Result, format_summary, summarize
     from instructsam_ros.msg import InstanceMask
 
     new, tracked, lost = InstanceMask.STATE_NEW, InstanceMask.STATE_TRACKED, InstanceMask.STATE_LOST
@@ -197,4 +197,4 @@ def test_demo_launch_file_compiles_and_names_installed_executables(tmp_path):
         script = REPO / "scripts" / name
         assert script.is_file() and os.access(script, os.X_OK), f"no executable scripts/{name}"
         module = name.removeprefix("demo_")
-        assert f"from instructsam_ros.demo.{module} import main" in script.read_text()
+        assert f"from instructsam_tools.demo.{module} import main" in script.read_text()

@@ -8,10 +8,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from instructsam.evaluation.metrics import (InstanceSetEvaluator, VideoEvaluator,
+from instructsam_tools.evaluation.metrics import (InstanceSetEvaluator, VideoEvaluator,
                                             boundary_fmeasure, count_duplicates, latency_stats,
                                             region_similarity, seg2bmap, summarize_sequences)
-from instructsam.evaluation.masks import encode
+from instructsam_tools.evaluation.masks import encode
 from instructsam.outputs import Prediction
 
 H = W = 10

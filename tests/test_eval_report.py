@@ -4,8 +4,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from instructsam.evaluation.metrics import InstanceSetEvaluator, VideoEvaluator
-from instructsam.evaluation.report import OverlayItem, markdown_table, overlay, write_report
+from instructsam_tools.evaluation.metrics import InstanceSetEvaluator, VideoEvaluator
+from instructsam_tools.evaluation.report import OverlayItem, markdown_table, overlay, write_report
 from instructsam.outputs import Prediction
 
 

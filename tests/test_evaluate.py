@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from instructsam.data.synthetic import write_split
-from instructsam.evaluation.calibrate import main as calibrate_main
-from instructsam.evaluation.evaluate import evaluate_model, limit_groups, main, score_predictions
+from instructsam_tools.data.synthetic import write_split
+from instructsam_tools.evaluation.calibrate import main as calibrate_main
+from instructsam_tools.evaluation.evaluate import evaluate_model, limit_groups, main, score_predictions
 from instructsam.modeling import InstructSAMModel
 from instructsam.outputs import Prediction
-from instructsam.data.batching import build_dataset, collate_groups, image_groups
+from instructsam_tools.data.batching import build_dataset, collate_groups, image_groups
 from training_helpers import build_test_model
 
 METRICS = ("mAP", "AP50", "AP75", "gIoU", "cIoU", "N-acc", "T-acc", "P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU",

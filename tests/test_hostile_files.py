@@ -42,14 +42,14 @@ def small_model(tmp_path_factory) -> Path:
 
 
 def _resume(model_dir: Path, checkpoint: Path, out: Path) -> subprocess.CompletedProcess:
-    return _run("-m", "instructsam.training.train", "--config", str(REPO / "config" / "train_test.yaml"),
+    return _run("-m", "instructsam_tools.training.train", "--config", str(REPO / "config" / "train_test.yaml"),
                 "--resume", str(checkpoint), f"model.checkpoint={model_dir}", f"output_dir={out}",
                 "train.max_steps=2")
 
 
 def _real_step_checkpoint(model_dir: Path, out: Path) -> Path:
     """A genuine 1-step checkpoint of the small test model (what an attacker would start from)."""
-    done = _run("-m", "instructsam.training.train", "--config", str(REPO / "config" / "train_test.yaml"),
+    done = _run("-m", "instructsam_tools.training.train", "--config", str(REPO / "config" / "train_test.yaml"),
                 f"model.checkpoint={model_dir}", f"output_dir={out}", "train.max_steps=1",
                 "train.checkpoint_every=1")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -175,7 +175,7 @@ def test_a_config_that_is_not_json_is_named(tmp_path):
 
 # ---- bags for bag_eval ----------------------------------------------------------------------------------
 def _bag_eval(capsys, *args) -> tuple[int, str, str]:
-    from instructsam.bags.cli import main
+    from instructsam_tools.bag_eval.cli import main
     code = main(["run", *map(str, args), "--no-progress"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -276,13 +276,13 @@ def test_a_killed_parallel_run_leaves_no_orphans_and_its_rerun_resumes(tmp_path)
 
     import psutil
     from bag_helpers import synthetic
-    from instructsam.bags.records import BagRecords
+    from instructsam_ros.bags.records import BagRecords
     from model_fixtures import tiny_dir
 
     synthetic(tmp_path / "bags", videos=6, frames=30, size=48)
     bags = sorted(str(p) for p in (tmp_path / "bags").glob("synthetic_?"))
     out = tmp_path / "r"
-    args = ["-m", "instructsam.bags", "run", *bags, "--checkpoint", str(tiny_dir()), "--out", str(out),
+    args = ["-m", "instructsam_tools.bag_eval", "run", *bags, "--checkpoint", str(tiny_dir()), "--out", str(out),
             "--workers", "2", "--write-bags", "--no-progress", "--set", "keyframe_interval=3"]
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     records = out / "records"

@@ -1,11 +1,11 @@
 """Imports run one way, computed from the source (every import statement, lazy ones inside functions included), so
 the test fails when someone adds an upward import or a cycle:
 
-    tools (training, evaluation, benchmarks, bag evaluation, synthetic data, tiny builds)
-      -> ROS layer (instructsam_ros)  -> runtime library (model, pipeline, loading, codec, checkpoints)
+    instructsam_tools (training, evaluation, bag evaluation, benchmarks, demo, synthetic data, tiny builds)
+      -> instructsam_ros (node, conversions, message codec, bag IO)
+        -> instructsam (runtime library: model, pipeline, pre/post-processing, checkpoint loading)
 
-The runtime library imports neither the tools nor the ROS layer; no module of the model library imports the ROS
-layer; and no import cycle joins any two of the package's modules.
+A layer imports only the layers below it, and no import cycle joins any two of the package's modules.
 """
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"instructsam": REPO / "model" / "instructsam", "instructsam_ros": REPO / "instructsam_ros"}
-# Modules of the model library that are tools, not what a robot runs (everything else there is the runtime library).
-TOOLS = ("instructsam.training", "instructsam.evaluation", "instructsam.benchmarks", "instructsam.bags",
-         "instructsam.data", "instructsam.tiny", "instructsam.compose", "instructsam.full_size_check")
+LAYERS = ("instructsam", "instructsam_ros", "instructsam_tools")  # bottom to top
+PACKAGES = {name: REPO / name for name in LAYERS}
 
 
 def modules() -> dict[str, Path]:
@@ -54,22 +52,15 @@ def graph() -> dict[str, set[str]]:
     return {name: imports(name, file, known) for name, file in known.items()}
 
 
-def is_tool(name: str) -> bool:
-    return any(name == t or name.startswith(t + ".") for t in TOOLS)
+def layer(name: str) -> int:
+    return LAYERS.index(name.split(".")[0])
 
 
-def test_the_runtime_library_imports_neither_the_tools_nor_the_ros_layer():
+def test_every_module_imports_only_its_own_layer_and_those_below():
     g = graph()
-    runtime = [m for m in g if m.startswith("instructsam.") and not is_tool(m)]
-    assert "instructsam.modeling" in runtime and "instructsam.pipeline.frame_pipeline" in runtime
-    upward = {m: sorted(d for d in g[m] if is_tool(d) or d.startswith("instructsam_ros")) for m in runtime}
+    assert {"instructsam.modeling", "instructsam_ros.node", "instructsam_tools.training.trainer"} <= set(g)
+    upward = {m: sorted(d for d in ds if layer(d) > layer(m)) for m, ds in g.items()}
     assert not {m: d for m, d in upward.items() if d}
-
-
-def test_the_model_library_never_imports_the_ros_layer():
-    g = graph()
-    assert not {m: sorted(d) for m, ds in g.items() if m.startswith("instructsam.")
-                if (d := {x for x in ds if x.startswith("instructsam_ros")})}
 
 
 def test_no_import_cycles():
@@ -119,7 +110,7 @@ def strongly_connected(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_checker_sees_a_cycle_and_an_upward_import():
-    """The checks themselves: a made-up graph with a cycle and a runtime module importing a tool."""
+    """The checks themselves: a made-up graph with a cycle, and the layer order."""
     made_up = {"instructsam.a": {"instructsam.b"}, "instructsam.b": {"instructsam.a"}, "instructsam.c": set()}
     assert strongly_connected(made_up) == [["instructsam.a", "instructsam.b"]]
-    assert is_tool("instructsam.training.trainer") and not is_tool("instructsam.trainingwheels")
+    assert layer("instructsam_tools.training.trainer") > layer("instructsam_ros.node") > layer("instructsam.modeling")

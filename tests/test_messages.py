@@ -140,8 +140,8 @@ def test_set_instruction_service_rejects_invalid_requests(instruction_service, f
 
 
 def test_the_codecs_state_codes_are_the_message_constants():
-    """instructsam.message_codec has no ROS import; its codes must be the generated messages' constants."""
-    from instructsam.message_codec import STATE_CODES
+    """instructsam_ros.message_codec has no ROS import; its codes must be the generated messages' constants."""
+    from instructsam_ros.message_codec import STATE_CODES
     from instructsam_ros.msg import InstanceMask
 
     assert STATE_CODES == {"new": InstanceMask.STATE_NEW, "tracked": InstanceMask.STATE_TRACKED,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration, Sam3VideoModel
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
-from instructsam.compose import main as compose_main
+from instructsam_tools.compose import main as compose_main
 from instructsam.modeling import InstructSAMModel
 from instructsam.preprocess import patchify_for_qwen, to_image_list, to_square_pixels
 from instructsam.tokenizer import QUERY_TOKEN_FORMAT, train_tiny_tokenizer
@@ -102,7 +102,7 @@ def test_language_states_equal_the_source_qwen3vl_forward():
 
 
 def test_full_size_check_runs_on_the_tiny_shape(capsys):
-    from instructsam.full_size_check import main
+    from instructsam_tools.full_size_check import main
 
     main(["--config", "config/model_tiny.yaml", "--sam3-size", "112", "--dtype", "float32", "--instructions", "2"])
     report = capsys.readouterr().out
@@ -111,7 +111,7 @@ def test_full_size_check_runs_on_the_tiny_shape(capsys):
 
 
 def test_tiny_build_is_deterministic(tmp_path):
-    from instructsam.tiny import build_tiny
+    from instructsam_tools.tiny import build_tiny
 
     again = build_tiny(tmp_path / "again")
     a, b = load_file(tiny_dir() / "model.safetensors"), load_file(again / "model.safetensors")
@@ -122,7 +122,7 @@ def test_tiny_build_is_deterministic(tmp_path):
 
 
 def test_he_init_gives_the_mask_embedder_a_slot_dependent_output(tmp_path):
-    from instructsam.tiny import build_tiny_sources, load_spec
+    from instructsam_tools.tiny import build_tiny_sources, load_spec
 
     spec = load_spec("config/model_tiny.yaml")
     path = "detector_model.mask_decoder.mask_embedder"
@@ -162,7 +162,7 @@ def test_tiny_training_step_is_cpu_fast():
 
 
 def test_lora_off_and_unfreezing_named_parts(tmp_path):
-    from instructsam.compose import compose
+    from instructsam_tools.compose import compose
 
     src = tiny_dir() / "sources"
     out = compose(src / "vlm", src / "sam3", tmp_path / "nolora", num_queries=4,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from model_fixtures import load_tiny, random_images, tiny_dir
 
-from instructsam.compose import compose
+from instructsam_tools.compose import compose
 from instructsam.config import InstructSAMConfig
 from instructsam.errors import (
     CheckpointError,

@@ -124,7 +124,7 @@ def test_results_equal_the_pipeline_run_directly_on_the_same_frames(client):
 def test_keyframes_equal_the_models_direct_prediction(client):
     """On the first frame of an instruction the instance set is the model's own post-processed prediction
     (after the pipeline's mask NMS), with ids, all new."""
-    from instructsam.pipeline.tracking import mask_nms
+    from instructsam.pipeline.tracker_session import mask_nms
     assert set_instruction(client, id="kf", text="every shape", camera="front").success
     msg = send(client, "front", rgb_image_msg(FRONT[4], "kf-0"))
     assert msg.keyframe
@@ -171,7 +171,7 @@ def test_two_cameras_with_different_instructions_never_mix(client):
             assert (r.instruction_id, r.instruction) == (ins_id, text)
             assert (r.height, r.width) == size and all((i.mask_height, i.mask_width) == size for i in r.instances)
     # and the first rear result is the model's own answer for that rear frame under the rear instruction
-    from instructsam.pipeline.tracking import mask_nms
+    from instructsam.pipeline.tracker_session import mask_nms
     first = rear[0]
     assert first.keyframe
     prediction = predict(load_tiny(), sent["rear"][first.header.frame_id], "all blue squares")

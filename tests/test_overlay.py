@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from instructsam.pipeline.overlay import LOST_COLOUR, draw_overlay, draw_result, track_colour
+from instructsam.pipeline.drawing import LOST_COLOUR, draw_overlay, draw_result, track_colour
 
 
 @dataclass

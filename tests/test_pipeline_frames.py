@@ -11,7 +11,7 @@ import torch
 from model_fixtures import load_tiny, random_images
 from pipeline_helpers import load_seeing_tiny
 
-from instructsam.data.synthetic import SyntheticVideos
+from instructsam_tools.data.synthetic import SyntheticVideos
 from instructsam.errors import ImageInputError, InstructionError
 from instructsam.pipeline.frame_pipeline import CameraStepError, FramePipeline, FrameResult, PipelineSettings
 from instructsam.pipeline.instructions import InstructionBook, InstructionRejected

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from instructsam.data.synthetic import SyntheticVideos
+from instructsam_tools.data.synthetic import SyntheticVideos
 from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
-from instructsam.pipeline.tracking import mask_iou
+from instructsam.pipeline.tracker_session import mask_iou
 
 CHECKPOINT = REPO / "checkpoints" / "instructsam-tiny"
 NUM_FRAMES = 30

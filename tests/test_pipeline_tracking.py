@@ -1,4 +1,4 @@
-"""Tracking state (instructsam.pipeline.tracking): id association on constructed masks, and SAM3's real tracker
+"""Tracking state (instructsam.pipeline.tracker_session): id association on constructed masks, and SAM3's real tracker
 session with pruning (bounded memory without changing what it computes) and object removal."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from model_fixtures import random_images
 from pipeline_helpers import load_seeing_tiny
 
-from instructsam.pipeline.tracking import (
+from instructsam.pipeline.tracker_session import (
     LOST, NEW, TRACKED, CameraTracker, Observation, TrackerSession, TrackSet, mask_box, mask_iou, mask_nms,
 )
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from instructsam.evaluation.evaluate import evaluate_model, load_model
-from instructsam.data.batching import build_dataset
+from instructsam_tools.evaluation.evaluate import evaluate_model, load_model
+from instructsam_tools.data.batching import build_dataset
 
 CHECKPOINT = REPO / "checkpoints" / "instructsam-tiny"
 RECORDED = REPO / "docs" / "shipped_model_eval" / "test" / "metrics.json"
@@ -21,7 +21,7 @@ def model():
 
 
 def test_shipped_checkpoint_reproduces_the_recorded_test_metrics(model):
-    """README's numbers come from `python -m instructsam.evaluation.evaluate --checkpoint checkpoints/instructsam-tiny
+    """README's numbers come from `python -m instructsam_tools.evaluation.evaluate --checkpoint checkpoints/instructsam-tiny
     --data synthetic:test:800`; the same evaluation here must agree within 0.01."""
     recorded = json.loads(RECORDED.read_text())
     summary, _ = evaluate_model(model, build_dataset("synthetic:test:800"), num_overlays=0)
@@ -34,9 +34,9 @@ TRACKER_RECORD = REPO / "docs" / "shipped_model_eval" / "tracker" / "metrics.jso
 
 
 def test_shipped_tracker_reproduces_the_recorded_jf(model):
-    """README's tracker J&F comes from `python -m instructsam.evaluation.tracker --checkpoint
+    """README's tracker J&F comes from `python -m instructsam_tools.evaluation.tracker --checkpoint
     checkpoints/instructsam-tiny --data synthetic_video:test:30 --out docs/shipped_model_eval/tracker`."""
-    from instructsam.evaluation.tracker import evaluate_tracker
+    from instructsam_tools.evaluation.tracker import evaluate_tracker
 
     recorded = json.loads(TRACKER_RECORD.read_text())
     videos = build_dataset(recorded["data"], clip_frames=recorded["frames_per_video"])
@@ -60,9 +60,9 @@ def test_shipped_tracker_keeps_a_moving_objects_id_for_20_frames(model):
 
     import numpy as np
 
-    from instructsam.data.synthetic import SyntheticVideos
+    from instructsam_tools.data.synthetic import SyntheticVideos
     from instructsam.pipeline.frame_pipeline import PipelineSettings
-    from instructsam.pipeline.tracking import CameraTracker, mask_box, mask_iou
+    from instructsam.pipeline.tracker_session import CameraTracker, mask_box, mask_iou
 
     s = PipelineSettings()
     runs = []
@@ -100,7 +100,7 @@ def test_with_the_shipped_model_a_new_instruction_replaces_the_instance_set_on_t
     """The pipeline half of the switch requirement with the shipped checkpoint: the first frame processed after a
     new instruction arrives is a keyframe for that instruction, and none of the old instruction's ids survive it
     (whether the new set is *right* is the detector's accuracy, tests/test_pipeline_shipped.py)."""
-    from instructsam.data.synthetic import SyntheticVideos
+    from instructsam_tools.data.synthetic import SyntheticVideos
     from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 
     video = SyntheticVideos("val", size=1, num_frames=16)[0]

@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from torchvision.ops import box_convert
 
 from instructsam.modeling import InstructSAMModel
-from instructsam.training.config import load_config
-from instructsam.training.criterion import SetCriterion
-from instructsam.data.batching import build_dataset, epoch_batches, image_groups
-from instructsam.training.denoising import noised_reference_boxes
-from instructsam.training.export import main as export_main
-from instructsam.training.matcher import HungarianMatcher
-from instructsam.training.trainer import load_step_model, train, warmup_cosine
+from instructsam_tools.training.train_config import load_config
+from instructsam_tools.training.criterion import SetCriterion
+from instructsam_tools.data.batching import build_dataset, epoch_batches, image_groups
+from instructsam_tools.training.denoising import noised_reference_boxes
+from instructsam_tools.training.export import main as export_main
+from instructsam_tools.training.matcher import HungarianMatcher
+from instructsam_tools.training.trainer import load_step_model, train, warmup_cosine
 from training_helpers import REPO, build_test_model
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -440,9 +440,9 @@ def test_ddp_two_processes_end_with_identical_weights(test_model, tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "model"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "instructsam.training.train", "--config", str(REPO / "config" / "train_test.yaml"),
+           "-m", "instructsam_tools.training.train", "--config", str(REPO / "config" / "train_test.yaml"),
            f"model.checkpoint={test_model}", f"output_dir={out}", "train.max_steps=4", "train.checkpoint_every=2",
            "train.save_rank_weights=true"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

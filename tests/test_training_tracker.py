@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from instructsam.evaluation.tracker import evaluate_tracker, pairwise_overlap, track_video
+from instructsam_tools.evaluation.tracker import evaluate_tracker, pairwise_overlap, track_video
 from instructsam.modeling import InstructSAMModel
-from instructsam.training.config import load_config
-from instructsam.data.batching import build_dataset
-from instructsam.training.tracking import (TrackingCriterion, first_frame_objects, positional_memory_attention_,
+from instructsam_tools.training.train_config import load_config
+from instructsam_tools.data.batching import build_dataset
+from instructsam_tools.training.tracker_objective import (TrackingCriterion, first_frame_objects, positional_memory_attention_,
                                           track_clip)
-from instructsam.training.trainer import DistInfo, build_model, train
+from instructsam_tools.training.trainer import DistInfo, build_model, train
 from training_helpers import build_test_model
 
 TRACKER_PREFIXES = ("sam3.tracker_model.", "sam3.tracker_neck.")

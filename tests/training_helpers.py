@@ -28,7 +28,7 @@ def small_model_spec() -> dict:
 
 def build_test_model(directory: Path) -> Path:
     """Build (once per directory) the small test model; returns its InstructSAM directory."""
-    from instructsam.tiny import build_tiny
+    from instructsam_tools.tiny import build_tiny
 
     directory = Path(directory)
     if (directory / "config.json").is_file():
