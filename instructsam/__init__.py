@@ -1,1 +1,2 @@
-"""InstructSAM: instruction-conditioned instance-set segmentation (model library, no ROS imports)."""
+"""InstructSAM, the runtime library: instruction-conditioned instance-set segmentation and tracking (the model,
+the frame pipeline, pre/post-processing, checkpoint loading). No ROS imports and no tools: what a robot installs."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+
+from instructsam.templates import DEFAULT_MAX_INSTRUCTION_CHARS
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto import AutoConfig
 
@@ -36,6 +38,8 @@ class InstructSAMConfig(PreTrainedConfig):
     max_instruction_chars / max_instruction_tokens: longer instructions are rejected with InstructionError.
     query_token_ids: tokenizer ids of `<inst_q_0>`..`<inst_q_{K-1}>` (placeholders whose embeddings are replaced
         by the learned query bank).
+    model_version: the trained model's name and version (e.g. "instructsam-tiny 0.5"; docs/model_history.md), which
+        the node reports in its diagnostics; "" for a model nobody versioned.
     """
 
     model_type = "instructsam"
@@ -68,10 +72,11 @@ class InstructSAMConfig(PreTrainedConfig):
     nms_iou: float = 0.5
     max_instances: int = 20
     crop_masks_to_boxes: bool = False
-    max_instruction_chars: int = 2000
+    max_instruction_chars: int = DEFAULT_MAX_INSTRUCTION_CHARS
     max_instruction_tokens: int = 256
     query_token_ids: list[int] | None = None
     initializer_range: float = 0.02
+    model_version: str = ""
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -1,4 +1,4 @@
-"""Exceptions the model library raises for bad inputs and bad checkpoints.
+"""Exceptions the runtime library raises for bad inputs and bad checkpoints.
 
 Callers (the ROS node, CLIs) catch these to report the problem instead of crashing:
 input problems are ValueErrors, checkpoint problems are CheckpointErrors.

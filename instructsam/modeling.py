@@ -222,7 +222,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
 
     def run_tracker(self, session, frame_idx: int):
         """SAM3's tracker on frame `frame_idx` of a streaming `Sam3TrackerVideoInferenceSession` whose features for
-        that frame are cached (see `tracker_step`). transformers runs the tracker under `torch.inference_mode`;
+        that frame are cached (`session.cache.cache_vision_features(frame_idx, self.tracker_features(...))`; the session
+        is the caller's, as in SAM2's predictors: pipeline.tracker_session.TrackerSession). transformers runs the tracker under `torch.inference_mode`;
         when gradients are enabled and tracker weights are trainable (tracker training) the same undecorated
         forward runs with autograd, so training and inference share one computation."""
         # our tracker has no vision encoder and reads only the cached features, so a 1-pixel placeholder stands in
@@ -231,15 +232,6 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.tracker.parameters()):
             return type(self.tracker).forward.__wrapped__(self.tracker, **kwargs)
         return self.tracker(**kwargs)
-
-    def tracker_step(self, session, features: ImageFeatures, index: int = 0):
-        """Register image `index` of `features` as the next frame of a streaming `Sam3TrackerVideoInferenceSession`
-        and run SAM3's tracker on it (the ViT is not re-run). Returns (tracker output, frame_idx).
-
-        The session is owned by the caller (the video pipeline), as in SAM2's predictors."""
-        frame_idx = session.num_frames or 0
-        session.cache.cache_vision_features(frame_idx, self.tracker_features(features, index))
-        return self.run_tracker(session, frame_idx), frame_idx
 
     # ---- language model -------------------------------------------------------------------------------------
     def _embed_suffix(self, tokens: TokenizedInstructions) -> torch.Tensor:
@@ -268,7 +260,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         return ids, embeds
 
     def _rope_positions(self, ids: torch.Tensor, kinds: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Qwen3-VL's 3D rope positions (3, B, L), computed with the padding mask as DESIGN §4 requires."""
+        """Qwen3-VL's 3D rope positions (3, B, L). Explicit, and computed with the 2-D padding mask: the custom 4-D
+        attention mask means transformers cannot derive them, and padded suffixes would otherwise shift them."""
         pos, _ = self.vlm.model.get_rope_index(
             ids, mm_token_type_ids=(ids == self.prompts.image_pad).int(), image_grid_thw=grid_thw,
             attention_mask=(kinds != PAD).long())
@@ -347,7 +340,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
 
     def segment(self, features: ImageFeatures, instructions: list[str], image_index: list[int] | None = None,
                 task: str | list[str] | None = None, reuse_prefix: bool = True,
-                denoise_boxes: torch.Tensor | None = None) -> InstanceSetOutput:
+                denoise_boxes: torch.Tensor | None = None,
+                tokens: TokenizedInstructions | None = None) -> InstanceSetOutput:
         """K instance slots per instruction, all N instructions in one batched pass over cached features.
 
         image_index: the image (in `features`) of each instruction; default all image 0 for one image, or
@@ -359,11 +353,17 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             "denoising" queries (DN-DETR), decoded in a separate pass on the same encoder output, so the K slots
             never see them. Their content is the instruction's mean slot query; each must segment and score the
             object at its box, a direct, matching-free lesson in separating instances.
+        tokens: `self.prompts.encode(instructions, task)` computed earlier (the frame pipeline encodes each
+            instruction once, when it arrives, and reuses the tokens on every keyframe).
         """
         if features.vlm_image_embeds is None:
             raise ValueError("these image features were encoded without the VLM part (encode_image(..., vlm=False));"
                              " encode with vlm=True to segment")
-        tokens = self.prompts.encode(instructions, task if task is not None else self.config.template_task)
+        if tokens is None:
+            tokens = self.prompts.encode(instructions, task if task is not None else self.config.template_task)
+        elif len(tokens.suffix_ids) != len(instructions):
+            raise InstructSAMInputError(f"got tokens for {len(tokens.suffix_ids)} instructions, but "
+                                        f"{len(instructions)} instructions")
         index = self._image_index(features, len(instructions), image_index)
         hidden, offset = self.language_model_pass(features, tokens, index, reuse_prefix)
         rows = torch.arange(len(index), device=self.device)[:, None]

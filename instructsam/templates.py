@@ -33,6 +33,10 @@ TEMPLATES: dict[str, InstructionTemplate] = {
 }
 
 
+TASKS = tuple(TEMPLATES)  # the template tasks an instruction may name
+DEFAULT_MAX_INSTRUCTION_CHARS = 2000  # a planner's sentence, with room; far above any template we train on
+
+
 def get_template(task: str) -> InstructionTemplate:
     """The template for a task; a clear error lists the known tasks."""
     try:
@@ -41,4 +45,4 @@ def get_template(task: str) -> InstructionTemplate:
         raise ValueError(f"unknown template task {task!r}; known tasks: {sorted(TEMPLATES)}") from None
 
 
-__all__ = ["InstructionTemplate", "TEMPLATES", "get_template"]
+__all__ = ["InstructionTemplate", "TEMPLATES", "TASKS", "DEFAULT_MAX_INSTRUCTION_CHARS", "get_template"]

@@ -17,8 +17,8 @@ Interface (camera names come from the `cameras` parameter):
                 <camera>/overlay              sensor_msgs/Image rgb8 (publish_overlay)
                 /diagnostics                  diagnostic_msgs/DiagnosticArray (every diagnostics_period)
 
-All work that is not ROS lives in the model library: decoding (instructsam.pipeline.image_decode),
-instruction state (InstructionBook), model + tracking + scheduling (FramePipeline), drawing (overlay).
+All work that is not ROS lives in the runtime library: decoding (instructsam.pipeline.image_decode),
+instruction state (InstructionBook), model + tracking + scheduling (FramePipeline), drawing (pipeline.drawing).
 Callbacks only decode and submit; one worker thread runs the model, so the executor never blocks on it.
 """
 from __future__ import annotations
@@ -488,6 +488,7 @@ class InstructSAMNode(Node):
             message=self.node_error or state)
         node_status.values = _values(
             state=state, model=str(self._param("checkpoint")) if self.model is not None else "not loaded",
+            model_version=(self.model.config.model_version or "unversioned") if self.model is not None else "",
             device=self.device or "none", last_error=self.node_error or self.last_error)
         statuses = [node_status]
         pipeline = self.pipeline

@@ -10,6 +10,7 @@ config/model_tiny.yaml. The tokenizer is a stand-in (the tiny BPE): Qwen's canno
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import resource
 import time
@@ -59,7 +60,10 @@ def component_table(model: InstructSAMModel) -> list[tuple[str, int]]:
     return rows
 
 
-def build_random(spec: dict, sam3_size: int | None, vlm_size: int | None, dtype: torch.dtype) -> InstructSAMModel:
+def build_random(spec: dict, sam3_size: int | None, vlm_size: int | None, dtype: torch.dtype,
+                 meta: bool = False) -> InstructSAMModel:
+    """The composition a model yaml describes, with random weights in `dtype` (meta=True: on the meta device, only
+    shapes; the benchmark's FLOP counter never reads the weights)."""
     tokenizer = train_tiny_tokenizer(spec["tokenizer"]["vocab_size"], seed=spec.get("seed", 0))
     vlm_config = vlm_config_from_spec(spec, tokenizer)
     sam3_config = sam3_config_from_spec(spec)
@@ -74,7 +78,8 @@ def build_random(spec: dict, sam3_size: int | None, vlm_size: int | None, dtype:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise directly in the target dtype: no fp32 copy at full size
     try:
-        model = InstructSAMModel(config)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = InstructSAMModel(config)
     finally:
         torch.set_default_dtype(previous)
     model.attach_tokenizer(tokenizer)

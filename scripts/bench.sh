@@ -3,9 +3,4 @@
 # figure beside its target with PASS/FAIL. Arguments go to `python -m instructsam_tools.benchmarks`, e.g.
 #   bash scripts/bench.sh --markdown BENCHMARKS.md --notes docs/benchmarks/notes.md
 #   bash scripts/bench.sh --config tiny --repeats 1 --stream-frames 200 --no-full-size
-set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$REPO/scripts/setup.sh"
-source "$REPO/scripts/env.sh"
-cd "$REPO"
-exec python -m instructsam_tools.benchmarks "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/in_env.sh" python -m instructsam_tools.benchmarks "$@"

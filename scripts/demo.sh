@@ -2,9 +2,4 @@
 # The demo command (README): sets up the machine if needed, then runs the node on a synthetic camera with a
 # scripted planner (separate ROS 2 processes) and writes outputs/demo/overlay.gif and a summary.
 # Extra arguments go to the demo, e.g. `bash scripts/demo.sh --frames 60 --checkpoint DIR` (see --help).
-set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$REPO/scripts/setup.sh"
-source "$REPO/scripts/env.sh"
-cd "$REPO"
-exec python -m instructsam_tools.demo "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/in_env.sh" python -m instructsam_tools.demo "$@"

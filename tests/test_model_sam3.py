@@ -88,11 +88,12 @@ def test_tracker_runs_on_cached_features_like_the_standalone_tracker():
     with torch.no_grad():
         for i, frame in enumerate(frames):
             features = model.encode_image(frame)
-            out, frame_idx = model.tracker_step(ours, features)
+            ours.cache.cache_vision_features(i, model.tracker_features(features))  # as TrackerSession does
+            out = model.run_tracker(ours, i)
             pixels = to_square_pixels(to_image_list(frame), size, model.config.sam3_image_mean,
                                       model.config.sam3_image_std)
             ref = standalone(inference_session=theirs, frame=pixels[0])
-            assert frame_idx == i and out.object_ids == [7]
+            assert out.object_ids == [7]
             assert torch.equal(out.pred_masks, ref.pred_masks)
             assert torch.equal(out.object_score_logits, ref.object_score_logits)
         assert 0 in features.tracker  # memoised on the features

@@ -95,7 +95,7 @@ def mask_multiset(masks: np.ndarray) -> list[bytes]:
     return sorted(np.packbits(m).tobytes() for m in masks)
 
 
-# ---- results equal the model library's output ---------------------------------------------------------------
+# ---- results equal the runtime library's output -------------------------------------------------------------
 def test_results_equal_the_pipeline_run_directly_on_the_same_frames(client):
     res = set_instruction(client, id="red-1", text="the red circle", camera="front")
     assert res.success and res.id == "red-1", res.message

@@ -103,6 +103,36 @@ def test_each_frame_is_encoded_once_and_shared_by_detector_and_tracker(model, vi
     assert reasons == ["first", "", "", "interval", "", "instruction", ""]
 
 
+def test_each_instruction_is_tokenised_once_and_reused_on_every_keyframe(model, video):
+    """The tokens made when an instruction arrives (its check) are the ones every keyframe uses; a switch back to an
+    earlier instruction tokenises nothing; the detections equal an uncached segment call's."""
+    encoded = []
+    real = model.prompts.encode
+
+    def counting(instructions, task, with_queries=True):
+        encoded.append(tuple(instructions))
+        return real(instructions, task, with_queries)
+
+    model.prompts.encode = counting
+    try:
+        p = FramePipeline(model, ["cam"], PipelineSettings(keyframe_interval=1, **DETECT_ALL))
+        for t, text in enumerate(["every solid disk"] * 3 + ["the blue square"] * 2 + ["every solid disk"] * 2):
+            if t in (0, 3, 5):
+                p.instructions.set(text)
+            p.submit("cam", video.frames[t])
+            result = p.step("cam")
+            assert result.keyframe
+    finally:
+        del model.prompts.encode  # back to the class's method
+    assert encoded == [("every solid disk",), ("the blue square",)]
+    with torch.no_grad():
+        features = model.encode_image(video.frames[6])
+        fresh = model.segment(features, ["every solid disk"], task=p.settings.default_task)
+        cached = model.segment(features, ["every solid disk"], task=p.settings.default_task,
+                               tokens=p._tokens("every solid disk", p.settings.default_task))
+    assert torch.equal(fresh.scores, cached.scores) and torch.equal(fresh.mask_logits, cached.mask_logits)
+
+
 def test_default_settings_report_at_the_checkpoints_score_threshold(model, video):
     # the random tiny model's slot scores are ~0.25: the checkpoint's threshold decides whether anything is reported
     saved = model.config.score_threshold

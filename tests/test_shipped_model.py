@@ -30,6 +30,13 @@ def test_shipped_checkpoint_reproduces_the_recorded_test_metrics(model):
         assert summary[key] == pytest.approx(recorded[key], abs=0.01), key
 
 
+def test_the_shipped_checkpoint_carries_the_version_the_readme_reports(model):
+    version = model.config.model_version
+    assert version.startswith("instructsam-tiny ") and version.split()[-1].count(".") == 1
+    readme = (REPO / "README.md").read_text()
+    assert f"| measurement | data | {version} | target |" in readme  # the quality table's column is this model
+
+
 TRACKER_RECORD = REPO / "docs" / "shipped_model_eval" / "tracker" / "metrics.json"
 
 

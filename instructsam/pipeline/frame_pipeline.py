@@ -4,7 +4,7 @@ the bag evaluator) call it.
     submit(camera, image)  ─► latest-frame slot per camera (an unprocessed frame that is replaced counts as dropped)
     step_any() / step(cam) ─► take the newest frame ─► encode_image once (SAM3 ViT + VLM vision tokens)
         keyframe? (scheduler.py)  yes ─► InstructSAM detect on those features ─► mask NMS ─► associate with
-                                         tracks, re-condition SAM3's tracker on the detected masks (tracking.py)
+                                         tracks, re-condition SAM3's tracker on the detected masks (tracker_session.py)
                                   no  ─► SAM3 tracker step on the same features ─► mask NMS, lost/patience
         ─► FrameResult (stable ids per camera, never reused)
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +28,12 @@ import torch
 from instructsam.errors import ImageInputError, InstructionError, InstructSAMInputError
 from instructsam.preprocess import to_image_list
 from instructsam.pipeline.instructions import DEFAULT_MAX_CHARS, TASKS, ActiveInstruction, InstructionBook
+from instructsam.pipeline.model_interface import PipelineModel
 from instructsam.pipeline.scheduler import KeyframeScheduler, effective_params
 from instructsam.pipeline.tracker_session import LOST, CameraTracker, Track
 
 STATS_WINDOW = 256  # latencies kept per camera for the percentiles (a bounded deque: nothing grows per frame)
+TOKEN_CACHE_SIZE = 64  # (instruction, task) pairs kept tokenised: every camera's current one, and recent switches
 
 
 @dataclass
@@ -139,7 +141,7 @@ def _percentile(values, q: float) -> float:
 
 
 class FramePipeline:
-    def __init__(self, model, cameras: list[str], settings: PipelineSettings | None = None,
+    def __init__(self, model: PipelineModel, cameras: list[str], settings: PipelineSettings | None = None,
                  instructions: InstructionBook | None = None):
         if not cameras or len(set(cameras)) != len(cameras) or not all(isinstance(c, str) and c for c in cameras):
             raise ValueError(f"cameras must be a non-empty list of distinct non-empty names, got {cameras!r}")
@@ -152,10 +154,26 @@ class FramePipeline:
         self._order = list(cameras)
         self._next = 0  # round-robin position of step_any
         self._slots = threading.Lock()  # pending slots, counters, round-robin position
+        self._token_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._token_lock = threading.Lock()
+
+    def _tokens(self, text: str, task: str):
+        """The instruction's tokens as segment() takes them, encoded once (when the instruction arrives) and reused
+        on every keyframe; raises InstructionError for what the model cannot take (e.g. over max_instruction_tokens)."""
+        key = (text, task)
+        with self._token_lock:
+            if key in self._token_cache:
+                self._token_cache.move_to_end(key)
+                return self._token_cache[key]
+        tokens = self.model.prompts.encode([text], task)
+        with self._token_lock:
+            self._token_cache[key] = tokens
+            while len(self._token_cache) > TOKEN_CACHE_SIZE:
+                self._token_cache.popitem(last=False)
+        return tokens
 
     def _check_instruction(self, text: str, task: str) -> None:
-        """Tokenise as the detector will (raises InstructionError, e.g. over max_instruction_tokens)."""
-        self.model.prompts.encode([text], task or self.settings.default_task, with_queries=False)
+        self._tokens(text, task or self.settings.default_task)
 
     @property
     def cameras(self) -> list[str]:
@@ -306,7 +324,8 @@ class FramePipeline:
             return cam.tracker.track(model, features, mask_threshold=settings.mask_threshold,
                                      nms_iou=settings.nms_iou, lost_patience=settings.lost_patience)
         params = effective_params(instruction, settings)
-        output = model.segment(features, [instruction.text], task=params.task)
+        output = model.segment(features, [instruction.text], task=params.task,
+                               tokens=self._tokens(instruction.text, params.task))
         detections = model.postprocess(output, features.original_sizes, score_threshold=params.score_threshold,
                                        mask_threshold=settings.mask_threshold, nms_iou=settings.nms_iou,
                                        max_instances=params.max_instances)[0]

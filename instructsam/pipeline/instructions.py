@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-DEFAULT_MAX_CHARS = 2000  # a planner's sentence, with room; far above any template we train on
-TASKS = ("referring", "reasoning", "multi_instance", "video")
+from instructsam.templates import DEFAULT_MAX_INSTRUCTION_CHARS as DEFAULT_MAX_CHARS, TASKS
+
 MAX_ID_CHARS = 256  # instruction ids are echoed in every result message: bounded
 MAX_INSTANCES_LIMIT = 1000  # the largest max_instances a parameter or an instruction may ask for
 SCORE_THRESHOLD_RANGE = (-1.0, 1.0)  # < 0: the pipeline's default (the parameter's -1: the checkpoint's)

@@ -1,6 +1,6 @@
 """Per-camera tracking state: stable instance ids across frames (no ROS, no threads).
 
-Three pieces, smallest first:
+Four pieces, smallest first:
     mask_iou / mask_nms    pairwise mask IoU and greedy mask-IoU NMS on (N, H, W) bool masks
     TrackSet               the id bookkeeping: associate keyframe detections with tracks (Hungarian on mask IoU),
                            new / tracked / lost states, lost patience, ids never reused. Pure numpy, so it is
@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+
+from instructsam.pipeline.model_interface import PipelineModel
 
 NEW, TRACKED, LOST = "new", "tracked", "lost"
 
@@ -249,7 +251,7 @@ class TrackerSession:
 
     KEEP_KEYS = ("maskmem_features", "maskmem_pos_enc", "object_pointer", "object_score_logits")
 
-    def __init__(self, model, height: int, width: int):
+    def __init__(self, model: PipelineModel, height: int, width: int):
         self.model = model
         tracker = model.tracker
         self.height, self.width = height, width
@@ -270,7 +272,8 @@ class TrackerSession:
         """The most frames the session holds anything for, per object (the quantity pruning bounds; the objects
         are at most max_tracked)."""
         s = self.session
-        shared = set(s.processed_frames or {}) | set(s.cache._vision_features)
+        cached = range(self.frame_idx - s.cache.max_vision_features_cache_size + 1, self.frame_idx + 1)
+        shared = set(s.processed_frames or {}) | {f for f in cached if s.cache.get_vision_features(f) is not None}
         most = len(shared)
         for idx in s.output_dict_per_obj:
             frames = shared | set(s.output_dict_per_obj[idx]["cond_frame_outputs"])
@@ -336,26 +339,22 @@ class TrackerSession:
         self._prune()
 
     def remove_objects(self, keys: list[int]) -> None:
-        """Remove objects from the session, re-indexing the rest (the session itself has no way to do this)."""
+        """Remove objects from the session, re-indexing the rest."""
         s = self.session
-        keys = [int(k) for k in keys if int(k) in s._obj_id_to_idx]
+        keys = [int(k) for k in keys if int(k) in s.obj_ids]
         if not keys:
             return
         remaining = [k for k in s.obj_ids if k not in keys]
-        old = {k: s._obj_id_to_idx[k] for k in remaining}
+        old = {k: s.obj_id_to_idx(k) for k in remaining}  # existing ids: a lookup
         per_obj = (s.point_inputs_per_obj, s.mask_inputs_per_obj, s.output_dict_per_obj, s.frames_tracked_per_obj)
         moved = [{k: store[old[k]] for k in remaining} for store in per_obj]
         for store in per_obj:
             store.clear()
-        s._obj_id_to_idx.clear()
-        s._obj_idx_to_id.clear()
+        _renumber_objects(s, remaining)
         for new_idx, k in enumerate(remaining):
-            s._obj_id_to_idx[k] = new_idx
-            s._obj_idx_to_id[new_idx] = k
             for store, values in zip(per_obj, moved):
                 store[new_idx] = values[k]
-        s.obj_ids = list(remaining)
-        s.obj_with_new_inputs = [k for k in s.obj_with_new_inputs if k in s._obj_id_to_idx]
+        s.obj_with_new_inputs = [k for k in s.obj_with_new_inputs if k in remaining]
 
     def _prune(self) -> None:
         s, f = self.session, self.frame_idx
@@ -380,6 +379,18 @@ class TrackerSession:
                 for k in [k for k in store if k != f]:
                     del store[k]
             s.mask_inputs_per_obj[idx].pop(f, None)  # consumed by the conditioning run
+
+
+def _renumber_objects(session, obj_ids: list[int]) -> None:
+    """Make `obj_ids` the session's objects, numbered 0.. in this order. The one place that writes transformers'
+    private id maps (`_obj_id_to_idx`, `_obj_idx_to_id`, transformers 5.23): a Sam3TrackerVideoInferenceSession can
+    add objects (obj_id_to_idx) but has no way to remove one, which a lost track's end needs."""
+    session._obj_id_to_idx.clear()
+    session._obj_idx_to_id.clear()
+    for idx, obj_id in enumerate(obj_ids):
+        session._obj_id_to_idx[obj_id] = idx
+        session._obj_idx_to_id[idx] = obj_id
+    session.obj_ids = list(obj_ids)
 
 
 class CameraTracker:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from instructsam_tools.tiny import load_spec, sam3_config_from_spec, vlm_config_from_spec
+from instructsam_tools.tiny import load_spec
 from instructsam_tools.benchmarks.common import FRAME_SIZE, INSTRUCTIONS, detection_kwargs, moving_shapes, tracking_pipeline
 from instructsam_tools.benchmarks.flops import FlopCount, count_flops, measure_activations
 
@@ -47,29 +47,12 @@ COMPONENTS = {
 def build_shell(config_path=FULL_CONFIG, dtype: torch.dtype = torch.bfloat16):
     """The full composition with uninitialised weights (only shapes matter; the FLOP counter never reads them), and
     its parameters per component, counted on the meta model (to_empty unties the tied embeddings)."""
-    from instructsam_tools.full_size_check import component_table
+    from instructsam_tools.full_size_check import build_random, component_table
 
-    from instructsam.config import InstructSAMConfig
-    from instructsam.modeling import InstructSAMModel
-    from instructsam.tokenizer import add_query_tokens, train_tiny_tokenizer
-
-    spec = load_spec(config_path)
-    tokenizer = train_tiny_tokenizer(spec["tokenizer"]["vocab_size"], seed=spec.get("seed", 0))
-    settings = dict(spec.get("instructsam") or {})
-    settings["query_token_ids"] = add_query_tokens(tokenizer, settings.get("num_queries", 64))
-    config = InstructSAMConfig(vlm_config=vlm_config_from_spec(spec, tokenizer),
-                               sam3_config=sam3_config_from_spec(spec), **settings)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = InstructSAMModel(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_random(load_spec(config_path), None, None, dtype, meta=True)
     params = component_table(model)
     model.to_empty(device="cpu")
-    model.attach_tokenizer(tokenizer)
-    return model.eval(), params
+    return model, params
 
 
 def by_component(count: FlopCount) -> dict[str, float]:

@@ -44,7 +44,7 @@ EXPLANATIONS = {
         "and run-length codes only the columns that hold the mask (byte-identical strings, ~5x faster), which puts "
         "10 instances well under 5 ms on an idle core; a FAIL here on a busy machine is load."),
     ("stream", ""): (
-        "**Resident memory.** The tracker session is pruned to a bounded window (tracking.py); a deviation above "
+        "**Resident memory.** The tracker session is pruned to a bounded window (tracker_session.py); a deviation above "
         "5 % means something per-frame is kept: compare the RSS curve with the tracker_frames count."),
 }
 

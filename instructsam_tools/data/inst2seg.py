@@ -20,9 +20,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from instructsam.rle import coco_rle
+from instructsam.templates import TASKS
 from instructsam_tools.data.format import InstructionSample
 
-TASKS = ("referring", "multi_instance", "reasoning", "video")
 FORMAT_VERSION = "inst2seg-1"
 
 
@@ -35,11 +36,8 @@ class Inst2SegFormatError(ValueError):
 
 
 def encode_mask(mask: np.ndarray) -> dict:
-    """Bool (H, W) mask -> compressed COCO RLE with a JSON-ready str `counts`."""
-    if mask.ndim != 2:
-        raise ValueError(f"encode_mask expects a (H, W) mask, got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    """Bool (H, W) mask -> compressed COCO RLE with a JSON-ready str `counts` (instructsam.rle)."""
+    return coco_rle(np.asarray(mask, dtype=bool))
 
 
 def decode_segmentation(segm, height: int, width: int, where: str = "segmentation") -> np.ndarray:
@@ -144,6 +142,14 @@ def _fail(path: Any, where: str, msg: str) -> None:
     raise Inst2SegFormatError(f"{path}: {where}: {msg}")
 
 
+def _new_int_id(path, where: str, record: Mapping, seen, what: str) -> None:
+    """record["id"] is an int not in `seen` (the ids of its section so far)."""
+    if not isinstance(record["id"], int):
+        _fail(path, where, f"field 'id' must be an int, got {record['id']!r}")
+    if record["id"] in seen:
+        _fail(path, where, f"duplicate {what} id {record['id']}")
+
+
 def _need(path: Any, where: str, entry: Mapping, keys: Iterable[str]) -> None:
     if not isinstance(entry, Mapping):
         _fail(path, where, f"expected an object, got {type(entry).__name__}")
@@ -176,10 +182,7 @@ def validate_inst2seg(data: Mapping, path: Any = "<inst2seg>", image_root: Path 
     for i, im in enumerate(data["images"]):
         where = f"images[{i}]"
         _need(path, where, im, ("id", "file_name", "height", "width"))
-        if not isinstance(im["id"], int):
-            _fail(path, where, f"field 'id' must be an int, got {im['id']!r}")
-        if im["id"] in sizes:
-            _fail(path, where, f"duplicate image id {im['id']}")
+        _new_int_id(path, where, im, sizes, "image")
         if not (isinstance(im["height"], int) and isinstance(im["width"], int) and im["height"] > 0
                 and im["width"] > 0):
             _fail(path, where, f"height/width must be positive ints, got {im['height']!r}/{im['width']!r}")
@@ -191,10 +194,7 @@ def validate_inst2seg(data: Mapping, path: Any = "<inst2seg>", image_root: Path 
     for i, a in enumerate(data["annotations"]):
         where = f"annotations[{i}] (id={a.get('id') if isinstance(a, Mapping) else '?'})"
         _need(path, where, a, ("id", "image_id", "category_id", "segmentation"))
-        if not isinstance(a["id"], int):
-            _fail(path, where, f"field 'id' must be an int, got {a['id']!r}")
-        if a["id"] in ann_image:
-            _fail(path, where, f"duplicate annotation id {a['id']}")
+        _new_int_id(path, where, a, ann_image, "annotation")
         if a["image_id"] not in sizes:
             _fail(path, where, f"field 'image_id': unknown image_id {a['image_id']!r}")
         if a["category_id"] not in cats:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from instructsam.rle import encode_rle
+
 
 def encode(masks: np.ndarray) -> list[dict]:
     """(N, H, W) bool -> N compressed COCO RLEs (counts as bytes, as pycocotools wants them)."""
@@ -12,8 +14,8 @@ def encode(masks: np.ndarray) -> list[dict]:
         raise ValueError(f"expected masks of shape (N, H, W), got {masks.shape}")
     if len(masks) == 0:
         return []
-    # pycocotools wants (H, W, N) uint8 in Fortran order.
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    h, w = masks.shape[1:]
+    return [{"size": [h, w], "counts": encode_rle(m).encode("ascii")} for m in masks]
 
 
 def iou_matrix(a: list[dict], b: list[dict]) -> np.ndarray:

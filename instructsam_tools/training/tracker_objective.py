@@ -40,7 +40,7 @@ def positional_memory_attention_(tracker, strength: float = 5.0, pairs: int = 8)
 
     Why: a randomly initialised tracker attends almost uniformly, so its output is the memory *averaged over the
     frame*, nearly the same for every prompted object; trained from there it settles on one prompt-independent mask
-    (object_overlap 1.0 in every variant tried, README "The shipped model"). From this start it only has to learn
+    (object_overlap 1.0 in every variant tried, docs/model_history.md). From this start it only has to learn
     to follow motion; the projections' weights train from zero, so content matching is learnt on top."""
     rope = tracker.memory_attention.rotary_emb
     axis_freqs = rope.inv_freq.numel()  # per head: [first axis: axis_freqs rotated pairs | second axis: the same]
