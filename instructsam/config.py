@@ -13,6 +13,8 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto import AutoConfig
 
 ATTENTION_MODES = ("hybrid", "causal")
+INFERENCE_MODES = ("one_pass", "reference")
+REFERENCE_POSITIONS = ("sequential", "mrope")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -38,6 +40,19 @@ class InstructSAMConfig(PreTrainedConfig):
     max_instruction_chars / max_instruction_tokens: longer instructions are rejected with InstructionError.
     query_token_ids: tokenizer ids of `<inst_q_0>`..`<inst_q_{K-1}>` (placeholders whose embeddings are replaced
         by the learned query bank).
+    inference_mode: "one_pass" (this package's: K query tokens after the instruction, one forward pass, trainable
+        here) or "reference" (the published InstructSAM-2B's: the VLM writes each target phrase between
+        <|object_ref_start|> and <|object_ref_end|>, a block of K queries follows each phrase, SAM3 decodes without
+        its presence token; instructsam.generation). A checkpoint says which it is.
+    Reference mode only:
+    reference_positions: "sequential" (the reference's inference: 1-D positions for every token, the query block
+        shifted by one, the token after it sharing <|mask_end|>'s position) or "mrope" (its training: Qwen3-VL's
+        3-D positions, the block as ordinary consecutive tokens).
+    max_new_tokens: the answer's length bound (the reference's 1024; the node sets its own per keyframe).
+    max_phrase_tokens: SAM3 prompt length per phrase ([ref_start, phrase, ref_end], truncated; the reference's 32).
+    ref_start_token_id / ref_end_token_id / mask_start_token_id / mask_end_token_id / eos_token_ids: the official
+        tokenizer's ids. repetition_penalty: the generation config's (1.0: none).
+    vlm_min_pixels / vlm_max_pixels: the Qwen image processor's area bounds (aspect-preserving resize).
     model_version: the trained model's name and version (e.g. "instructsam-tiny 0.5"; docs/model_history.md), which
         the node reports in its diagnostics; "" for a model nobody versioned.
     """
@@ -76,6 +91,18 @@ class InstructSAMConfig(PreTrainedConfig):
     max_instruction_tokens: int = 256
     query_token_ids: list[int] | None = None
     initializer_range: float = 0.02
+    inference_mode: str = "one_pass"
+    reference_positions: str = "sequential"
+    max_new_tokens: int = 1024
+    max_phrase_tokens: int = 32
+    ref_start_token_id: int | None = None
+    ref_end_token_id: int | None = None
+    mask_start_token_id: int | None = None
+    mask_end_token_id: int | None = None
+    eos_token_ids: list[int] | None = None
+    repetition_penalty: float = 1.0
+    vlm_min_pixels: int = 65536
+    vlm_max_pixels: int = 16777216
     model_version: str = ""
 
     def __post_init__(self, **kwargs):
@@ -96,6 +123,16 @@ class InstructSAMConfig(PreTrainedConfig):
         own validators would wrap them in a non-ValueError)."""
         if self.attention_mode not in ATTENTION_MODES:
             raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}, got {self.attention_mode!r}")
+        if self.inference_mode not in INFERENCE_MODES:
+            raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {self.inference_mode!r}")
+        if self.reference_positions not in REFERENCE_POSITIONS:
+            raise ValueError(f"reference_positions must be one of {REFERENCE_POSITIONS}, got "
+                             f"{self.reference_positions!r}")
+        if self.inference_mode == "reference":
+            missing = [n for n in ("ref_start_token_id", "ref_end_token_id", "mask_start_token_id",
+                                   "mask_end_token_id", "eos_token_ids") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"inference_mode 'reference' needs {', '.join(missing)}")
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
         if self.lora_r < 0:
@@ -112,7 +149,7 @@ class InstructSAMConfig(PreTrainedConfig):
         if self.vlm_config is not None and not isinstance(self.vlm_config, dict):
             vc = self.vlm_config.vision_config
             unit = vc.patch_size * vc.spatial_merge_size
-            if self.vlm_image_size % unit:
+            if self.inference_mode == "one_pass" and self.vlm_image_size % unit:
                 raise ValueError(f"vlm_image_size {self.vlm_image_size} must be a multiple of patch_size * "
                                  f"spatial_merge_size = {unit}")
         if self.query_token_ids is not None and len(self.query_token_ids) != self.num_queries:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from instructsam.errors import CheckpointNotFoundError
+from instructsam.official_checkpoint import is_official_layout, load_official
 from instructsam.resources import share_dirs
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -58,10 +59,13 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int = 0,
-               search: Iterable[str | os.PathLike] = ()):
+               search: Iterable[str | os.PathLike] = (), sam3: str | os.PathLike | None = None):
     """The InstructSAM model of a checkpoint directory, in eval mode on `device` ('auto': cuda when available)
     with `dtype` ('auto': bfloat16 on cuda); `threads` > 0 sets torch's CPU threads. Errors name the problem:
-    CheckpointError for the directory and its files, ValueError for the device or dtype."""
+    CheckpointError for the directory and its files, ValueError for the device or dtype.
+
+    A directory in the published InstructSAM-2B layout is recognised and loaded in reference mode, with SAM3's
+    remaining parts from `sam3` (a facebook/sam3 directory; default: the one its config names)."""
     from transformers.utils import logging as transformers_logging
 
     from instructsam.modeling import InstructSAMModel
@@ -72,7 +76,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float
     if threads > 0:
         torch.set_num_threads(threads)
     transformers_logging.disable_progress_bar()  # no "Loading weights" bars in a node's log or a worker's
-    model = InstructSAMModel.from_pretrained(directory, dtype=getattr(torch, dtype_name))
+    if is_official_layout(directory):
+        model = load_official(directory, sam3, getattr(torch, dtype_name))
+    else:
+        model = InstructSAMModel.from_pretrained(directory, dtype=getattr(torch, dtype_name))
     return model.to(torch_device).eval()
 
 

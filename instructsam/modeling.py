@@ -29,12 +29,14 @@ from instructsam.attention import CAUSAL, PAD, additive_mask
 from instructsam.checkpoint import check_instructsam_dir, record_weight_hashes
 from instructsam.config import InstructSAMConfig, set_dtype_everywhere
 from instructsam.errors import CheckpointError, InstructSAMInputError
+from instructsam.generation import reference_segment, sequential_positions
 from instructsam.lora import add_lora, is_lora_parameter
 from instructsam.outputs import ImageFeatures, InstanceSetOutput, Prediction
 from instructsam.postprocess import postprocess_instance_sets
 from instructsam.preprocess import ImagesInput, patchify_for_qwen, to_image_list, to_square_pixels
 from instructsam.prompting import PromptBuilder, TokenizedInstructions
-from instructsam.sam3_queries import QueryProjector, Sam3VisionEncoderOutput, decode_queries, encode_prompted, select_vision
+from instructsam.sam3_queries import (QueryProjector, ReferenceProjector, Sam3VisionEncoderOutput, decode_queries,
+                                      encode_prompted, select_vision)
 
 
 class InstructSAMPreTrainedModel(PreTrainedModel):
@@ -63,7 +65,9 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         self.vlm = vlm if vlm is not None else Qwen3VLForConditionalGeneration(config.vlm_config)
         self.sam3 = sam3 if sam3 is not None else Sam3VideoModel(config.sam3_config)
         self.query_bank = nn.Parameter(torch.empty(config.num_queries, config.vlm_hidden_size))
-        self.projector = QueryProjector(config.vlm_hidden_size, config.sam3_hidden_size, config.num_queries)
+        projector = ReferenceProjector if config.inference_mode == "reference" else QueryProjector
+        self.projector = projector(config.vlm_hidden_size, config.sam3_hidden_size, config.num_queries)
+        self.vlm_image_processor = None  # reference mode: Qwen's own (aspect-preserving) image processor
         if config.lora_r > 0:
             add_lora(self.vlm.model.language_model, config.lora_r, config.lora_alpha, config.lora_dropout,
                      config.lora_target_modules)
@@ -91,17 +95,28 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, InstructSAMModel):
             init.normal_(module.query_bank, mean=0.0, std=std)
-        elif isinstance(module, QueryProjector):
+        elif isinstance(module, (QueryProjector, ReferenceProjector)):
             module.reset_parameters(std, init)
         else:
             super()._init_weights(module)
 
     def attach_tokenizer(self, tokenizer) -> None:
-        if self.config.query_token_ids is None:
+        reference = self.config.inference_mode == "reference"
+        if self.config.query_token_ids is None and not reference:
             raise CheckpointError("config.query_token_ids is not set; compose the model with instructsam_tools.compose")
         self.tokenizer = tokenizer
-        self._prompts = PromptBuilder(tokenizer, self.config.query_token_ids, self.config.max_instruction_chars,
-                                      self.config.max_instruction_tokens)
+        self._prompts = PromptBuilder(tokenizer, [] if reference else self.config.query_token_ids,
+                                      self.config.max_instruction_chars, self.config.max_instruction_tokens,
+                                      use_templates=not reference)
+        if reference:
+            from transformers import Qwen2VLImageProcessor
+
+            vc = self.config.vlm_config.vision_config
+            self.vlm_image_processor = Qwen2VLImageProcessor(
+                size={"shortest_edge": self.config.vlm_min_pixels, "longest_edge": self.config.vlm_max_pixels},
+                patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size,
+                merge_size=vc.spatial_merge_size, image_mean=self.config.vlm_image_mean,
+                image_std=self.config.vlm_image_std)
 
     @property
     def prompts(self) -> PromptBuilder:
@@ -181,6 +196,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         (stretched) to the square model inputs: config.vlm_image_size for the VLM, config.image_size for SAM3.
         vlm: False skips the VLM's vision tower and SAM3's detector FPN neck, for frames only SAM3's tracker will
         see (it reads the ViT output through its own neck; `segment` then refuses the features).
+        Reference mode: the VLM's pixels come from Qwen's image processor (aspect kept, bicubic, one grid per image,
+        so a batch must share one size) and SAM3's are resized on the uint8 image, as the published model's are.
         """
         imgs = to_image_list(images)
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in imgs]
@@ -190,17 +207,20 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             visual = self.vlm.model.visual
             vc = cfg.vlm_config.vision_config
             with self._grad_context(visual):
-                pixels = to_square_pixels(imgs, cfg.vlm_image_size, cfg.vlm_image_mean, cfg.vlm_image_std, device,
-                                          visual.dtype)
-                patches, grid_thw = patchify_for_qwen(pixels, vc.patch_size, vc.spatial_merge_size,
-                                                      vc.temporal_patch_size)
+                if self.vlm_image_processor is not None:
+                    patches, grid_thw = self._qwen_patches(imgs, visual.dtype)
+                else:
+                    pixels = to_square_pixels(imgs, cfg.vlm_image_size, cfg.vlm_image_mean, cfg.vlm_image_std,
+                                              device, visual.dtype)
+                    patches, grid_thw = patchify_for_qwen(pixels, vc.patch_size, vc.spatial_merge_size,
+                                                          vc.temporal_patch_size)
                 vis = visual(patches, grid_thw=grid_thw)
                 m = len(imgs)
                 image_embeds = vis.pooler_output.reshape(m, -1, vis.pooler_output.shape[-1])
                 deepstack = [d.reshape(m, -1, d.shape[-1]) for d in vis.deepstack_features]
         with self._grad_context(self.detector.vision_encoder):
             sam_pixels = to_square_pixels(imgs, cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std, device,
-                                          self.detector.dtype)
+                                          self.detector.dtype, quantize=cfg.inference_mode == "reference")
             if vlm:
                 sam3_vision = self.detector.get_vision_features(pixel_values=sam_pixels)
             else:  # only the tracker reads these, through its own neck: skip the detector's FPN neck too
@@ -208,6 +228,13 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                 sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=backbone.last_hidden_state)
         return ImageFeatures(vlm_image_embeds=image_embeds, vlm_deepstack=deepstack, vlm_grid_thw=grid_thw,
                              sam3=sam3_vision, original_sizes=sizes)
+
+    def _qwen_patches(self, imgs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if len({tuple(im.shape) for im in imgs}) > 1:
+            raise InstructSAMInputError("reference mode encodes a batch of images of one size only (each image's "
+                                        "token count follows its aspect ratio); encode them one by one")
+        out = self.vlm_image_processor(images=[im.permute(2, 0, 1) for im in imgs], return_tensors="pt")
+        return out.pixel_values.to(self.device, dtype), out.image_grid_thw.to(self.device)
 
     def tracker_features(self, features: ImageFeatures, index: int = 0) -> dict[str, list[torch.Tensor]]:
         """SAM3-tracker inputs for image `index` of `features`, derived from the cached SAM3 ViT output (the
@@ -260,6 +287,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         return ids, embeds
 
     def _rope_positions(self, ids: torch.Tensor, kinds: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        if self.config.inference_mode == "reference" and self.config.reference_positions == "sequential":
+            return sequential_positions(ids)
         """Qwen3-VL's 3D rope positions (3, B, L). Explicit, and computed with the 2-D padding mask: the custom 4-D
         attention mask means transformers cannot derive them, and padded suffixes would otherwise shift them."""
         pos, _ = self.vlm.model.get_rope_index(
@@ -341,7 +370,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
     def segment(self, features: ImageFeatures, instructions: list[str], image_index: list[int] | None = None,
                 task: str | list[str] | None = None, reuse_prefix: bool = True,
                 denoise_boxes: torch.Tensor | None = None,
-                tokens: TokenizedInstructions | None = None) -> InstanceSetOutput:
+                tokens: TokenizedInstructions | None = None,
+                max_new_tokens: int | None = None) -> InstanceSetOutput:
         """K instance slots per instruction, all N instructions in one batched pass over cached features.
 
         image_index: the image (in `features`) of each instruction; default all image 0 for one image, or
@@ -355,6 +385,7 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             object at its box, a direct, matching-free lesson in separating instances.
         tokens: `self.prompts.encode(instructions, task)` computed earlier (the frame pipeline encodes each
             instruction once, when it arrives, and reuses the tokens on every keyframe).
+        max_new_tokens: reference mode: the answer's bound (default config.max_new_tokens); one-pass mode ignores it.
         """
         if features.vlm_image_embeds is None:
             raise ValueError("these image features were encoded without the VLM part (encode_image(..., vlm=False));"
@@ -365,6 +396,11 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             raise InstructSAMInputError(f"got tokens for {len(tokens.suffix_ids)} instructions, but "
                                         f"{len(instructions)} instructions")
         index = self._image_index(features, len(instructions), image_index)
+        if self.config.inference_mode == "reference":
+            if denoise_boxes is not None:
+                raise InstructSAMInputError("reference mode is inference only: no denoising queries")
+            return reference_segment(self, features, instructions, index, tokens,
+                                     self.config.max_new_tokens if max_new_tokens is None else max_new_tokens)
         hidden, offset = self.language_model_pass(features, tokens, index, reuse_prefix)
         rows = torch.arange(len(index), device=self.device)[:, None]
         query_states = hidden[rows, offset + tokens.query_index.to(self.device)]

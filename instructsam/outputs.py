@@ -59,6 +59,8 @@ class InstanceSetOutput(ModelOutput):
     image_index: (N,) which image of the features each instruction ran on.
     denoise_mask_logits / denoise_boxes / denoise_logits: (N, M, h, w) / (N, M, 4) / (N, M), training only: the
         detector's outputs for M denoising queries placed at given (noised ground-truth) boxes (see `segment`).
+    answers / phrases: reference mode only: per instruction the text the VLM wrote, and the target phrases in it
+        (its n phrases give the instruction n * K slots; presence_logits is None there).
     """
 
     mask_logits: torch.Tensor | None = None
@@ -77,6 +79,8 @@ class InstanceSetOutput(ModelOutput):
     denoise_mask_logits: torch.Tensor | None = None
     denoise_boxes: torch.Tensor | None = None
     denoise_logits: torch.Tensor | None = None
+    answers: list[str] | None = None
+    phrases: list[list[str]] | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from instructsam.errors import ImageInputError
 
@@ -57,11 +58,19 @@ def to_image_list(images: ImagesInput) -> list[torch.Tensor]:
 
 
 def to_square_pixels(images: list[torch.Tensor], size: int, mean: Sequence[float], std: Sequence[float],
-                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Resize each (H, W, 3) uint8 image to (size, size) (bilinear, antialiased) and normalise: (B, 3, size, size)."""
+                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     quantize: bool = False) -> torch.Tensor:
+    """Resize each (H, W, 3) uint8 image to (size, size) (bilinear, antialiased) and normalise: (B, 3, size, size).
+    quantize: resize the uint8 image itself (rounded back to uint8), as transformers' SAM3 image processor does."""
     out = []
     for image in images:
-        x = image.to(device).permute(2, 0, 1)[None].float() / 255.0
+        x = image.to(device).permute(2, 0, 1)[None]
+        if quantize:
+            if x.shape[-2:] != (size, size):
+                x = resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+            out.append(x.float() / 255.0)
+            continue
+        x = x.float() / 255.0
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append(x)

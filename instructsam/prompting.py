@@ -35,8 +35,10 @@ class TokenizedInstructions:
 
 class PromptBuilder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, query_token_ids: list[int], max_chars: int,
-                 max_tokens: int):
+                 max_tokens: int, use_templates: bool = True):
+        """use_templates=False: the raw instruction (the reference mode's prompt); query_token_ids may be empty."""
         self.tokenizer = tokenizer
+        self.use_templates = use_templates
         self.query_token_ids = list(query_token_ids)
         self.max_chars = max_chars
         self.max_tokens = max_tokens
@@ -79,7 +81,8 @@ class PromptBuilder:
         rows, prompt_spans = [], []
         for i, raw in enumerate(instructions):
             template = get_template(tasks[i])
-            before, after = self._piece(template.before), self._piece(template.after)
+            before, after = (self._piece(template.before), self._piece(template.after)) if self.use_templates \
+                else ((), ())
             text = self.check_instruction(raw, i)
             text_ids = self._encode_piece(text)  # not cached: user text is unbounded
             if len(text_ids) > self.max_tokens:

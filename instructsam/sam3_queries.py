@@ -4,7 +4,12 @@ reference box each) and the instruction token states become SAM3's prompt featur
 `detect_with_queries` is `Sam3Model.forward`'s text-prompt path with the decoder's own `query_embed` /
 `reference_points` replaced by arguments. It calls SAM3's unchanged modules (DETR encoder, decoder layers,
 `ref_point_head`, `_get_rpb_matrix`, `box_head`, presence head, `dot_product_scoring`, mask decoder) with SAM3's
-weights; fed SAM3's own embeddings it reproduces `Sam3Model.forward` exactly (tested).
+weights; fed SAM3's own embeddings it reproduces `Sam3Model.forward` exactly (tested). With presence=False it is the
+published InstructSAM's decoder: no presence token among the queries (and no presence logit), the box
+relative-position bias unpadded.
+
+Two projectors map VLM states into SAM3: QueryProjector (the one-pass mode's: GELU MLPs with LayerNorm, a per-query
+box offset) and ReferenceProjector (the published model's: d -> d -> 256 ReLU MLPs, no norm, fixed reference boxes).
 """
 from __future__ import annotations
 
@@ -30,10 +35,10 @@ class DetectorOutput:
     pred_masks: torch.Tensor  # (B, K, h, w) mask logits at SAM3's mask resolution
     pred_boxes: torch.Tensor  # (B, K, 4) normalised xyxy, last decoder layer
     pred_logits: torch.Tensor  # (B, K) per-query classification logits, last layer
-    presence_logits: torch.Tensor  # (B, 1) presence-token logit, last layer
+    presence_logits: torch.Tensor | None  # (B, 1) presence-token logit, last layer (None: decoded without presence)
     all_pred_boxes: torch.Tensor  # (L, B, K, 4) normalised xyxy per decoder layer (auxiliary losses)
     all_pred_logits: torch.Tensor  # (L, B, K)
-    all_presence_logits: torch.Tensor  # (L, B, 1)
+    all_presence_logits: torch.Tensor | None  # (L, B, 1)
     semantic_seg: torch.Tensor  # (B, 1, h, w)
 
 
@@ -48,39 +53,65 @@ def select_vision(vision: Sam3VisionEncoderOutput, index: torch.Tensor) -> Sam3V
 
 
 def _decode(detector: Sam3Model, vision_features, text_features, vision_pos, text_mask, spatial_shapes,
-            query_embeds: torch.Tensor, reference_boxes: torch.Tensor):
-    """`Sam3DetrDecoder.forward` with external (B, K, d) queries and (B, K, 4) sigmoid-space reference boxes."""
+            query_embeds: torch.Tensor, reference_boxes: torch.Tensor, presence: bool = True):
+    """`Sam3DetrDecoder.forward` with external (B, K, d) queries and (B, K, 4) sigmoid-space reference boxes;
+    presence=False leaves SAM3's presence token out (returns None for its logits)."""
     dec = detector.detr_decoder
     batch_size = vision_features.shape[0]
-    presence_token = dec.presence_token.weight.unsqueeze(0).expand(batch_size, -1, -1)
-    hidden_states = torch.cat([presence_token, query_embeds], dim=1)
+    lead = 1 if presence else 0  # rows ahead of the queries
+    if presence:
+        presence_token = dec.presence_token.weight.unsqueeze(0).expand(batch_size, -1, -1)
+        hidden_states = torch.cat([presence_token, query_embeds], dim=1)
+    else:
+        hidden_states = query_embeds
     text_cross_attn_mask = None
     if text_mask is not None:
         text_cross_attn_mask = create_bidirectional_mask(
             config=dec.config, inputs_embeds=hidden_states, attention_mask=text_mask,
             encoder_hidden_states=text_features)
 
-    outputs, boxes, presence = [], [reference_boxes], []
+    outputs, boxes, presences = [], [reference_boxes], []
     for layer in dec.layers:
         query_sine_embed = dec.position_encoding.encode_boxes(reference_boxes)
         query_pos = dec.ref_point_head(query_sine_embed)
         vision_cross_attn_mask = None
         if spatial_shapes is not None and spatial_shapes.shape[0] == 1:
             rpb = dec._get_rpb_matrix(reference_boxes, (spatial_shapes[0, 0], spatial_shapes[0, 1]))
-            vision_cross_attn_mask = F.pad(rpb, (0, 0, 1, 0), mode="constant", value=0)
-        hidden_states = layer(
+            vision_cross_attn_mask = F.pad(rpb, (0, 0, lead, 0), mode="constant", value=0) if lead else rpb
+        step = layer if presence else _layer_without_presence
+        hidden_states = step(
             hidden_states, query_pos=query_pos, text_features=text_features, vision_features=vision_features,
             vision_pos_encoding=vision_pos, text_cross_attn_mask=text_cross_attn_mask,
-            vision_cross_attn_mask=vision_cross_attn_mask)
-        query_hidden = hidden_states[:, 1:]
+            vision_cross_attn_mask=vision_cross_attn_mask, **({} if presence else {"layer": layer}))
+        query_hidden = hidden_states[:, lead:]
         delta = dec.box_head(dec.output_layer_norm(query_hidden))
         new_boxes = (delta + inverse_sigmoid(reference_boxes)).sigmoid()
         reference_boxes = new_boxes.detach()  # as SAM3: no gradient through the box refinement chain
         outputs.append(dec.output_layer_norm(query_hidden))
         boxes.append(new_boxes)
-        p = dec.presence_head(dec.presence_layer_norm(hidden_states[:, :1])).squeeze(-1)
-        presence.append(p.clamp(min=-dec.clamp_presence_logit_max_val, max=dec.clamp_presence_logit_max_val))
-    return torch.stack(outputs), torch.stack(boxes[:-1]), torch.stack(presence)
+        if presence:
+            p = dec.presence_head(dec.presence_layer_norm(hidden_states[:, :1])).squeeze(-1)
+            presences.append(p.clamp(min=-dec.clamp_presence_logit_max_val, max=dec.clamp_presence_logit_max_val))
+    return torch.stack(outputs), torch.stack(boxes[:-1]), torch.stack(presences) if presence else None
+
+
+def _layer_without_presence(hidden_states, *, layer, query_pos, text_features, vision_features, vision_pos_encoding,
+                            text_cross_attn_mask, vision_cross_attn_mask):
+    """`Sam3DetrDecoderLayer.forward` on its own submodules, for queries without the presence token ahead of them
+    (the stock layer always prepends a zero position row for that token)."""
+    def attend(attention, dropout, norm, key, value, mask):
+        out, _ = attention(query=hidden_states + query_pos, key=key, value=value, attention_mask=mask)
+        return norm(hidden_states + dropout(out))
+
+    with_pos = hidden_states + query_pos
+    out, _ = layer.self_attn(query=with_pos, key=with_pos, value=hidden_states, attention_mask=None)
+    hidden_states = layer.self_attn_layer_norm(hidden_states + layer.self_attn_dropout(out))
+    hidden_states = attend(layer.text_cross_attn, layer.text_cross_attn_dropout, layer.text_cross_attn_layer_norm,
+                           text_features, text_features, text_cross_attn_mask)
+    hidden_states = attend(layer.vision_cross_attn, layer.vision_cross_attn_dropout,
+                           layer.vision_cross_attn_layer_norm, vision_features + vision_pos_encoding, vision_features,
+                           vision_cross_attn_mask)
+    return layer.mlp_layer_norm(hidden_states + layer.mlp_dropout(layer.mlp(hidden_states)))
 
 
 @dataclass
@@ -118,13 +149,14 @@ def detect_with_queries(detector: Sam3Model, vision: Sam3VisionEncoderOutput, pr
 
 
 def decode_queries(detector: Sam3Model, prompted: PromptedImages, query_embeds: torch.Tensor,
-                   reference_boxes: torch.Tensor) -> DetectorOutput:
-    """SAM3's decoder, heads and mask decoder for one set of queries on already encoded (image, prompt) pairs."""
+                   reference_boxes: torch.Tensor, presence: bool = True) -> DetectorOutput:
+    """SAM3's decoder, heads and mask decoder for one set of queries on already encoded (image, prompt) pairs
+    (presence=False: without SAM3's presence token, as the published InstructSAM decodes)."""
     fpn, enc = prompted.fpn, prompted.encoded
     prompt_features, text_mask = prompted.prompt_features, prompted.text_mask
     hidden, ref_boxes, presence = _decode(
         detector, enc.last_hidden_state, enc.text_features, enc.pos_embeds_flattened, text_mask,
-        enc.spatial_shapes, query_embeds, reference_boxes)
+        enc.spatial_shapes, query_embeds, reference_boxes, presence)
     offsets = detector.detr_decoder.box_head(hidden)
     all_boxes = box_cxcywh_to_xyxy((inverse_sigmoid(ref_boxes) + offsets).sigmoid())
     all_logits = detector.dot_product_scoring(
@@ -134,18 +166,20 @@ def decode_queries(detector: Sam3Model, prompted: PromptedImages, query_embeds: 
         prompt_features=prompt_features, prompt_mask=text_mask)
     return DetectorOutput(
         pred_masks=masks.pred_masks, pred_boxes=all_boxes[-1], pred_logits=all_logits[-1],
-        presence_logits=presence[-1], all_pred_boxes=all_boxes, all_pred_logits=all_logits,
+        presence_logits=None if presence is None else presence[-1], all_pred_boxes=all_boxes,
+        all_pred_logits=all_logits,
         all_presence_logits=presence, semantic_seg=masks.semantic_seg)
 
 
 class MLP(nn.Module):
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, activation=F.gelu):
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.activation(self.fc1(x)))
 
 
 def grid_reference_logits(num_queries: int) -> torch.Tensor:
@@ -196,5 +230,31 @@ class QueryProjector(nn.Module):
         return self.prompt_norm(self.prompt_mlp(instruction_states))
 
 
+class ReferenceProjector(nn.Module):
+    """The published InstructSAM's projectors: query states -> decoder queries, and the input embeddings of a
+    generated phrase ([ref_start, phrase, ref_end]) -> prompt features, each Linear(d, d) -> ReLU -> Linear(d, 256),
+    no LayerNorm; every query's reference box is sigmoid(reference_logits), the same for every phrase."""
+
+    def __init__(self, vlm_dim: int, sam3_dim: int, num_queries: int):
+        super().__init__()
+        self.query_mlp = MLP(vlm_dim, vlm_dim, sam3_dim, activation=F.relu)
+        self.prompt_mlp = MLP(vlm_dim, vlm_dim, sam3_dim, activation=F.relu)
+        self.reference_logits = nn.Parameter(torch.zeros(num_queries, 4))
+
+    def reset_parameters(self, std: float, init) -> None:
+        for mlp in (self.query_mlp, self.prompt_mlp):
+            for lin in (mlp.fc1, mlp.fc2):
+                init.normal_(lin.weight, mean=0.0, std=std)
+                init.zeros_(lin.bias)
+        init.normal_(self.reference_logits, mean=0.0, std=std)
+
+    def queries(self, query_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes = self.reference_logits.to(query_states.dtype).sigmoid()
+        return self.query_mlp(query_states), boxes.expand(*query_states.shape[:-1], 4)
+
+    def prompt(self, phrase_embeds: torch.Tensor) -> torch.Tensor:
+        return self.prompt_mlp(phrase_embeds)
+
+
 __all__ = ["DetectorOutput", "detect_with_queries", "encode_prompted", "decode_queries", "PromptedImages",
-           "select_vision", "QueryProjector", "grid_reference_logits"]
+           "select_vision", "QueryProjector", "ReferenceProjector", "grid_reference_logits"]

@@ -41,3 +41,23 @@ def random_images(n: int, sizes=((90, 120), (128, 96), (112, 112)), seed: int = 
 
 INSTRUCTIONS = ["the red circle", "every blue square left of the green star",
                 "all shapes except the small yellow triangle"]
+
+
+@functools.lru_cache(maxsize=2)
+def official_tiny_dir(phrases: int = 2) -> Path:
+    """A tiny checkpoint in the published InstructSAM-2B layout (official/) with its facebook/sam3-style sam3/
+    beside it; greedy decoding writes one phrase and stops (phrases=1) or repeats it (phrases=2)."""
+    from instructsam_tools.official_tiny import build_official_tiny
+
+    root = Path(tempfile.mkdtemp(prefix=f"instructsam_official_{phrases}_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return build_official_tiny(root, phrases=phrases)[0]
+
+
+def load_official_tiny(phrases: int = 2, **config_overrides):
+    from instructsam.official_checkpoint import load_official
+
+    model = load_official(official_tiny_dir(phrases))
+    for key, value in config_overrides.items():
+        setattr(model.config, key, value)
+    return model.eval()
