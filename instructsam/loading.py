@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from instructsam.errors import CheckpointNotFoundError
-from instructsam.official_checkpoint import is_official_layout, load_official
+from instructsam.checkpoint import check_instructsam_dir
+from instructsam.official_checkpoint import check_official_dir, is_official_layout, load_official
 from instructsam.resources import share_dirs
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -58,6 +59,15 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     return name
 
 
+def check_checkpoint(path: str | os.PathLike, sam3: str | os.PathLike | None = None) -> None:
+    """What load_model will need of a resolved checkpoint directory (either layout), checked without loading:
+    CheckpointError naming the file otherwise."""
+    if is_official_layout(path):
+        check_official_dir(path, sam3)
+    else:
+        check_instructsam_dir(path)
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int = 0,
                search: Iterable[str | os.PathLike] = (), sam3: str | os.PathLike | None = None):
     """The InstructSAM model of a checkpoint directory, in eval mode on `device` ('auto': cuda when available)
@@ -83,4 +93,4 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float
     return model.to(torch_device).eval()
 
 
-__all__ = ["resolve_checkpoint", "resolve_device", "resolve_dtype", "load_model", "DTYPES"]
+__all__ = ["check_checkpoint", "resolve_checkpoint", "resolve_device", "resolve_dtype", "load_model", "DTYPES"]

@@ -186,6 +186,23 @@ def _put(state, source, target: str, tensor: torch.Tensor, expected, origin: str
     source[target] = origin
 
 
+def check_official_dir(directory: str | os.PathLike, sam3: str | os.PathLike | None = None) -> Path:
+    """What loading needs, checked without reading the weights: the layout's config keys, safetensors weight files
+    that open, the tokenizer and the facebook/sam3 directory; returns the SAM3 directory."""
+    official = Path(directory)
+    raw = read_config_json(official, "official InstructSAM checkpoint")
+    missing = [k for k in ("max_seg_nums", "ref_start_token_index", "ref_end_token_index", "seg_start_token_index",
+                           "seg_end_token_index") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{str(official / 'config.json')!r} lacks InstructSAM's keys {missing}")
+    _weight_files(official, "official InstructSAM checkpoint")
+    if not (official / "tokenizer.json").is_file() and not (official / "tokenizer_config.json").is_file():
+        raise CheckpointNotFoundError(f"official InstructSAM checkpoint {str(official)!r} has no tokenizer files")
+    sam3_dir = find_sam3_dir(official, raw, sam3)
+    _weight_files(sam3_dir, "SAM3 directory")
+    return sam3_dir
+
+
 def load_official(directory: str | os.PathLike, sam3: str | os.PathLike | None = None,
                   dtype: torch.dtype = torch.float32):
     """InstructSAMModel in reference mode from an official directory (+ facebook/sam3), in `dtype`, on the CPU,
@@ -201,7 +218,7 @@ def load_official(directory: str | os.PathLike, sam3: str | os.PathLike | None =
     if not is_official_layout(official):
         raise CheckpointError(f"{str(official)!r} is not in the InstructSAM-2B layout (a qwen3_vl config with "
                               f"max_seg_nums)")
-    sam3_dir = find_sam3_dir(official, raw, sam3)
+    sam3_dir = check_official_dir(official, sam3)
     config = official_config(official, sam3_dir, raw)
     set_dtype_everywhere(config, dtype)
     # SAM3 whole from facebook/sam3 (transformers maps its file's names); the official file then replaces the
@@ -225,5 +242,5 @@ def load_official(directory: str | os.PathLike, sam3: str | os.PathLike | None =
     return model.eval()
 
 
-__all__ = ["is_official_layout", "load_official", "official_config", "official_state_dict", "map_official_key",
+__all__ = ["is_official_layout", "check_official_dir", "load_official", "official_config", "official_state_dict", "map_official_key",
            "find_sam3_dir", "OFFICIAL_MAP", "FROM_SAM3", "REFERENCE_POSTPROCESS"]

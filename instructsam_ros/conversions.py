@@ -23,7 +23,7 @@ def make_instance(track_id: str, score: float, state: str | int, mask: np.ndarra
 
 def make_instance_array(header, camera: str, height: int, width: int, instruction_id: str, instruction: str,
                         instances: Iterable[InstanceMask], **timing) -> InstanceMaskArray:
-    """timing: keyframe, frame_index, processing_ms, latency_ms (defaults: False, 0, 0.0, 0.0)."""
+    """timing: keyframe, frame_index, processing_ms, latency_ms, answer (defaults: False, 0, 0.0, 0.0, "")."""
     return InstanceMaskArray(**array_fields(header, camera, height, width, instruction_id, instruction,
                                             list(instances), **timing))
 

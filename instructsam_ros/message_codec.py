@@ -24,10 +24,11 @@ def instance_fields(track_id: str, score: float, state: str | int, counts: str, 
 
 def array_fields(header, camera: str, height: int, width: int, instruction_id: str, instruction: str,
                  instances: list, keyframe: bool = False, frame_index: int = 0, processing_ms: float = 0.0,
-                 latency_ms: float = 0.0) -> dict:
+                 latency_ms: float = 0.0, answer: str = "") -> dict:
     """InstanceMaskArray's fields (`instances`: InstanceMask messages of the same message family)."""
     return dict(header=header, camera=str(camera), height=int(height), width=int(width),
-                instruction_id=str(instruction_id), instruction=str(instruction), instances=list(instances),
+                instruction_id=str(instruction_id), instruction=str(instruction), answer=str(answer),
+                instances=list(instances),
                 keyframe=bool(keyframe), frame_index=int(frame_index), processing_ms=float(processing_ms),
                 latency_ms=float(latency_ms))
 

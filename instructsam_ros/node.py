@@ -42,9 +42,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from instructsam_ros.bags.typestore import INSTRUCTION, STRING, typestore
-from instructsam.checkpoint import check_instructsam_dir
 from instructsam.errors import CheckpointError, CheckpointNotFoundError, ImageInputError, InstructSAMInputError
-from instructsam.loading import load_model
+from instructsam.loading import check_checkpoint, load_model
 from instructsam.loading import resolve_checkpoint as find_checkpoint
 from instructsam.pipeline.image_decode import decode_image_message
 from instructsam.pipeline.instructions import InstructionBook, InstructionRejected, quote_short
@@ -153,7 +152,7 @@ class InstructSAMNode(Node):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             # fail early and clearly (config, weight headers, tokenizer); the weights load on activate
-            check_instructsam_dir(resolve_checkpoint(self._param("checkpoint")))
+            check_checkpoint(resolve_checkpoint(self._param("checkpoint")), self._param("sam3_checkpoint") or None)
             self.streams = self._make_streams()
         except (CheckpointError, ValueError) as err:
             return self._fail("configure", err)
@@ -247,7 +246,8 @@ class InstructSAMNode(Node):
         from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 
         model = load_model(resolve_checkpoint(self._param("checkpoint")), self._param("device"),
-                           self._param("dtype"), int(self._param("num_threads")))
+                           self._param("dtype"), int(self._param("num_threads")),
+                           sam3=self._param("sam3_checkpoint") or None)
         settings = PipelineSettings(**{name: self._param(name) for name in PIPELINE_SETTINGS})
         # the node's InstructionBook lives from configure to cleanup, so instructions survive deactivate
         self.pipeline = FramePipeline(model, list(self.streams), settings, instructions=self.book)
@@ -370,7 +370,7 @@ class InstructSAMNode(Node):
         msg = make_instance_array(
             frame.header, result.camera, result.height, result.width, result.instruction.id,
             result.instruction.text, instances, keyframe=bool(result.keyframe), frame_index=int(result.frame_index),
-            processing_ms=float(result.processing_ms), latency_ms=latency_ms)
+            processing_ms=float(result.processing_ms), latency_ms=latency_ms, answer=result.answer)
         stream.instances_pub.publish(msg)
         stream.published += 1
         if stream.overlay_pub is not None and frame.image is not None:

@@ -38,6 +38,8 @@ PARAMS: tuple[Param, ...] = (
     Param("checkpoint", "checkpoints/instructsam-tiny",
           "InstructSAM checkpoint directory; a relative path is looked up in the working directory, then the "
           "package share directory, then the repository", ACTIVATE),
+    Param("sam3_checkpoint", "", "a facebook/sam3 directory, for a checkpoint in the published InstructSAM-2B layout "
+          "(\"\": the one its config names); unused by other checkpoints", ACTIVATE),
     Param("device", "cpu", "torch device: cpu, cuda, cuda:<n>, or auto (cuda when available)", ACTIVATE),
     Param("dtype", "float32", "model weights dtype (auto: bfloat16 on cuda, float32 on cpu)", ACTIVATE,
           choices=("float32", "bfloat16", "float16", "auto")),
@@ -78,6 +80,8 @@ PARAMS: tuple[Param, ...] = (
           range=(0.0, 1.0)),
     Param("lost_patience", 15, "processed frames a lost track keeps its id before it is dropped", RUNTIME,
           range=(0, 100_000)),
+    Param("max_new_tokens", 64, "models that write an answer first (the published InstructSAM-2B): at most this "
+          "many tokens per keyframe", RUNTIME, range=(1, 4096)),
     # process
     Param("autostart", True, "configure and activate at startup (false: wait for lifecycle transitions)",
           STARTUP),
@@ -86,7 +90,7 @@ BY_NAME = {p.name: p for p in PARAMS}
 # Parameters the node hands to the frame pipeline (PipelineSettings fields of the same name).
 PIPELINE_SETTINGS = ("default_task", "keyframe_interval", "keyframe_seconds", "score_threshold", "mask_threshold",
                      "nms_iou", "max_instances", "max_tracked", "match_iou", "lost_patience",
-                     "max_instruction_chars")
+                     "max_instruction_chars", "max_new_tokens")
 
 
 def camera_param_defaults(camera: str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ ARGUMENTS = {
     "max_tracked": (int, "tracks per camera"),
     "match_iou": (float, "mask IoU for a detection to continue a track"),
     "lost_patience": (int, "frames a lost track keeps its id"),
+    "max_new_tokens": (int, "answer tokens per keyframe (models that write an answer first)"),
+    "sam3_checkpoint": (str, "facebook/sam3 directory for a checkpoint in the published InstructSAM-2B layout"),
     "autostart": (bool, "configure and activate at startup"),
 }
 

@@ -52,6 +52,7 @@ class PipelineSettings:
     default_task: str = "referring"  # instruction template when an instruction names none
     max_instruction_chars: int = DEFAULT_MAX_CHARS  # for the InstructionBook the pipeline creates itself
     match_iou: float = 0.3  # mask IoU from which a keyframe detection continues an existing track
+    max_new_tokens: int = 64  # reference-mode models: the most tokens the VLM may write per keyframe
 
     def __post_init__(self) -> None:
         self.validate()
@@ -70,6 +71,7 @@ class PipelineSettings:
         check(self.max_tracked >= 1, "max_tracked", ">= 1")
         check(self.lost_patience >= 0, "lost_patience", ">= 0")
         check(self.max_instruction_chars >= 1, "max_instruction_chars", ">= 1")
+        check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
         check(self.default_task in TASKS, "default_task", f"one of {TASKS}")
 
 
@@ -105,6 +107,7 @@ class FrameResult:
     processing_ms: float  # this frame's model work
     latency_ms: float  # from `received` (submit) to this result
     keyframe_reason: str = ""  # scheduler.py: "instruction" | "first" | "overrides" | "interval" | "seconds" | ""
+    answer: str = ""  # reference-mode models: what the VLM wrote on the last keyframe of this instance set
 
 
 @dataclass
@@ -134,6 +137,7 @@ class _Camera:
     scheduler: KeyframeScheduler = field(default_factory=KeyframeScheduler)
     tracker: CameraTracker = field(default_factory=CameraTracker)
     image_size: tuple[int, int] | None = None  # (H, W) of the last processed frame
+    answer: str = ""  # the last keyframe's answer (reference mode), carried by the tracked frames after it
 
 
 def _percentile(values, q: float) -> float:
@@ -294,6 +298,7 @@ class FramePipeline:
         reason = cam.scheduler.decide(instruction, start, settings)
         if reason == "instruction":
             cam.tracker.reset()  # a new instance set: new ids (the counter keeps going)
+            cam.answer = ""
         if not reason and not len(cam.tracker.tracks):  # nothing to track until the next keyframe: no model work
             height, width = pending.image.shape[:2]
             tracks = []
@@ -315,7 +320,8 @@ class FramePipeline:
             cam.tracks, cam.tracker_frames = len(cam.tracker.tracks), cam.tracker.stored_frames()
         return FrameResult(camera=cam.name, frame=pending.frame, height=height, width=width, instruction=instruction,
                            instances=instances, keyframe=bool(reason), frame_index=index,
-                           processing_ms=processing_ms, latency_ms=latency_ms, keyframe_reason=reason)
+                           processing_ms=processing_ms, latency_ms=latency_ms, keyframe_reason=reason,
+                           answer=cam.answer)
 
     def _detect_or_track(self, cam: _Camera, features, instruction: ActiveInstruction, settings: PipelineSettings,
                          reason: str) -> list[Track]:
@@ -325,7 +331,9 @@ class FramePipeline:
                                      nms_iou=settings.nms_iou, lost_patience=settings.lost_patience)
         params = effective_params(instruction, settings)
         output = model.segment(features, [instruction.text], task=params.task,
-                               tokens=self._tokens(instruction.text, params.task))
+                               tokens=self._tokens(instruction.text, params.task),
+                               max_new_tokens=settings.max_new_tokens)
+        cam.answer = output.answers[0] if output.answers else ""
         detections = model.postprocess(output, features.original_sizes, score_threshold=params.score_threshold,
                                        mask_threshold=settings.mask_threshold, nms_iou=settings.nms_iou,
                                        max_instances=params.max_instances)[0]

@@ -22,8 +22,9 @@ class PipelineModel(Protocol):
         """Features of a frame, computed once; vlm=False: only what the tracker reads (tracked frames)."""
 
     def segment(self, features: ImageFeatures, instructions: list[str], *, task: str | None = None,
-                tokens: TokenizedInstructions | None = None) -> InstanceSetOutput:
-        """The instance slots of each instruction on the features (a keyframe's detection)."""
+                tokens: TokenizedInstructions | None = None, max_new_tokens: int | None = None) -> InstanceSetOutput:
+        """The instance slots of each instruction on the features (a keyframe's detection); a model that writes an
+        answer first (reference mode) bounds it by max_new_tokens and returns it in `answers`."""
 
     def postprocess(self, output: InstanceSetOutput, original_sizes: list[tuple[int, int]], *,
                     score_threshold: float | None, mask_threshold: float, nms_iou: float,

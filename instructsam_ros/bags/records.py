@@ -63,6 +63,7 @@ class FrameRecord:
     status: str
     instruction_id: str = ""
     instruction: str = ""
+    answer: str = ""  # what a reference-mode model wrote (InstanceMaskArray.answer)
     keyframe: bool = False
     keyframe_reason: str = ""
     frame_index: int = -1  # the pipeline's processed-frame counter of this camera

@@ -78,7 +78,8 @@ def record_from_result(frame: _Frame, result: FrameResult) -> FrameRecord:
     return FrameRecord(
         seq=frame.seq, camera=frame.camera, topic=frame.topic, index=frame.index, log_time_ns=frame.log_time_ns,
         stamp_ns=frame.stamp_ns, frame_id=str(frame.header.frame_id), status=PROCESSED,
-        instruction_id=result.instruction.id, instruction=result.instruction.text, keyframe=bool(result.keyframe),
+        instruction_id=result.instruction.id, instruction=result.instruction.text, answer=result.answer,
+        keyframe=bool(result.keyframe),
         keyframe_reason=result.keyframe_reason, frame_index=int(result.frame_index),
         processing_ms=float(result.processing_ms), latency_ms=float(result.latency_ms), height=int(result.height),
         width=int(result.width),

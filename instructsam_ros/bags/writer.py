@@ -48,7 +48,7 @@ def instance_array_msg(store, record: FrameRecord, header):
     return store.types[INSTANCE_MASK_ARRAY](**array_fields(
         header, record.camera, record.height, record.width, record.instruction_id, record.instruction, instances,
         keyframe=record.keyframe, frame_index=record.frame_index, processing_ms=record.processing_ms,
-        latency_ms=record.latency_ms))
+        latency_ms=record.latency_ms, answer=record.answer))
 
 
 def rgb_image_msg(store, rgb: np.ndarray, header):

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="times a bag is retried when its worker or node dies (default 2)")
     ray.add_argument("--skip-failed", action="store_true",
                      help="report a bag whose task failed and go on (default: stop the run naming it)")
+    run.add_argument("--sam3", help="facebook/sam3 directory, for a checkpoint in the published InstructSAM-2B "
+                                    "layout (default: the --params file's sam3_checkpoint, else its config's)")
     run.add_argument("--device", default="cpu")
     run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     run.add_argument("--max-image-pixels", type=int, help="refuse larger images (default: the node's)")
@@ -159,6 +161,7 @@ def _settings_and_checkpoint(args):
         values = {k: v for k, v in params.items() if k in fields}
         checkpoint = checkpoint or params.get("checkpoint")
         max_pixels = max_pixels or params.get("max_image_pixels")
+        args.sam3 = args.sam3 or params.get("sam3_checkpoint") or None
     values.update(parse_set(args.set))
     if not checkpoint:
         raise ValueError("no checkpoint: give --checkpoint DIR (or --params FILE with a 'checkpoint' parameter)")
@@ -204,7 +207,8 @@ def cmd_run(args) -> int:
     reused = reusable_records(jobs, out, keys, args.overwrite, args.write_bags)
     todo = [job for job in jobs if job.name not in reused]
     preflight(todo, options)
-    spec = ModelSpec(checkpoint=checkpoint, device=args.device, dtype=args.dtype, threads=args.threads)
+    spec = ModelSpec(checkpoint=checkpoint, device=args.device, dtype=args.dtype, threads=args.threads,
+                     sam3=args.sam3)
 
     def save(records) -> None:  # as each bag finishes: an interrupted run keeps what it finished
         records.run_key = keys[records.name]

@@ -34,6 +34,7 @@ class ModelSpec:
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1  # torch CPU threads (per worker); the same in every mode, so results are bit-identical
+    sam3: str | None = None  # facebook/sam3 directory, for a checkpoint in the published layout
 
 
 @dataclass
@@ -48,7 +49,7 @@ class BagJob:
 def load_model(spec: ModelSpec):
     from instructsam.loading import load_model as load
 
-    return load(spec.checkpoint, spec.device, spec.dtype, spec.threads)
+    return load(spec.checkpoint, spec.device, spec.dtype, spec.threads, sam3=spec.sam3)
 
 
 def run_job(job: BagJob, model, settings: PipelineSettings, options: ReplayOptions) -> BagRecords:

@@ -70,7 +70,7 @@ def find_checkpoint(given: str | None) -> Path:
     """--checkpoint, or the node YAML's checkpoint, resolved like the node does; checked before anything starts."""
     import yaml
 
-    from instructsam.checkpoint import check_instructsam_dir
+    from instructsam.loading import check_checkpoint
     from instructsam.errors import CheckpointError
     from instructsam_ros.node import resolve_checkpoint
 
@@ -79,7 +79,7 @@ def find_checkpoint(given: str | None) -> Path:
         path = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]["checkpoint"]
     try:
         found = resolve_checkpoint(path).resolve()
-        check_instructsam_dir(found)
+        check_checkpoint(found)
     except CheckpointError as err:
         hint = ("the shipped model (config/instructsam.yaml's checkpoint) is not there; " if given is None else "") + \
                "pass --checkpoint DIR (an untrained one for trying the plumbing: python -m instructsam_tools.tiny DIR)"

@@ -44,6 +44,7 @@ class Result:
     latency_ms: float  # the node's: image receipt -> result published
     processing_ms: float
     instances: list[tuple[str, int, float]]  # (track id, state, score)
+    answer: str = ""  # what the model wrote (models that answer first; else "")
 
     @property
     def visible(self) -> list[str]:
@@ -76,7 +77,7 @@ class Recorder(Node):
             instruction_id=msg.instruction_id, instruction=msg.instruction, frame_index=int(msg.frame_index),
             keyframe=bool(msg.keyframe), stamp=_stamp(msg.header), arrived=time.time(),
             latency_ms=float(msg.latency_ms), processing_ms=float(msg.processing_ms),
-            instances=[(i.id, int(i.state), float(i.score)) for i in msg.instances]))
+            instances=[(i.id, int(i.state), float(i.score)) for i in msg.instances], answer=msg.answer))
 
     def _on_overlay(self, msg: Image) -> None:
         self.overlay_count += 1
@@ -156,6 +157,7 @@ def summarize(results: list[Result], script: list[dict] | None = None, node_stat
             "empty_results": sum(c == 0 for c in counts),
             "tracks": tracks,
             "latency_ms": _percentiles([r.latency_ms for r in mine]),
+            "answers": sorted({r.answer for r in mine if r.answer}),
         })
     stats = node_stats or {}
     return {
@@ -191,6 +193,8 @@ def format_summary(summary: dict, max_tracks: int = 8) -> str:
         shown = ", ".join(f"{t['id']} ({t['frames']} fr, {t['seconds']:.1f} s)" for t in tracks[:max_tracks])
         more = f", +{len(tracks) - max_tracks} more" if len(tracks) > max_tracks else ""
         lines.append(f"     track ids: {shown or 'none'}{more}")
+        if ins.get("answers"):
+            lines.append(f"     the model wrote: {' | '.join(repr(a) for a in ins['answers'])}")
     node = summary["node"]
     lines.append(f"results: {summary['results']} frames; latency (node: image receipt -> result) p50/p95 "
                  f"{_ms(summary['latency_ms'])}; camera stamp -> recorder {_ms(summary['end_to_end_ms'])}; "
