@@ -6,6 +6,12 @@ config) with random weights on CPU, print parameters per component and peak memo
 
 Needs ~15 GB of RAM at full size, so it is not part of the test suite; the tests run the same code on
 config/model_tiny.yaml. The tokenizer is a stand-in (the tiny BPE): Qwen's cannot be downloaded here.
+
+    python -m instructsam_tools.full_size_check --official [--out docs/official_full_size_check.txt]
+
+does the same for the published InstructSAM-2B's layout (reference mode, K = 10): a random checkpoint in that layout
+at full size, written to disk with its facebook/sam3-style directory, loaded through the official loader, one
+keyframe on a 640x480 frame with a short scripted answer (random weights never stop on their own).
 """
 from __future__ import annotations
 
@@ -138,6 +144,59 @@ def run(config_path: str | Path, sam3_size: int | None, vlm_size: int | None, dt
     return "\n".join(lines) + "\n"
 
 
+def run_official(config_path: str | Path, dtype: torch.dtype, max_new_tokens: int = 8) -> str:
+    import shutil
+    import tempfile
+
+    from instructsam.official_checkpoint import load_official
+    from instructsam_tools.official_tiny import build_official_tiny
+
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    say(f"InstructSAM-2B layout (reference mode) full-size wiring check  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+    say(f"config: {config_path} shapes, K = 10; dtype {dtype}; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}; {platform.machine()}, {torch.get_num_threads()} CPU threads")
+    root = Path(tempfile.mkdtemp(prefix="instructsam_official_full_"))
+    try:
+        t0 = time.perf_counter()
+        official, _ = build_official_tiny(root, phrases=2, num_queries=10, shards=4, config_path=config_path,
+                                          dtype=dtype, pixels=(65536, 16777216))
+        size = sum(f.stat().st_size for f in official.glob("*.safetensors"))
+        say(f"random official-layout checkpoint written in {time.perf_counter() - t0:.1f} s: {size / 1e9:.2f} GB "
+            f"in 4 shards (+ facebook/sam3-style directory); peak RSS {peak_rss_gb():.2f} GB")
+        t0 = time.perf_counter()
+        model = load_official(official, dtype=dtype)
+        say(f"loaded through instructsam.official_checkpoint in {time.perf_counter() - t0:.1f} s; peak RSS "
+            f"{peak_rss_gb():.2f} GB")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    say()
+    say(f"{'component':60s} {'parameters':>15s}")
+    for name, n in component_table(model):
+        say(f"{name:60s} {n:>15,d}")
+    say()
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        features = model.encode_image(image)
+        t1 = time.perf_counter()
+        out = model.segment(features, ["every mug left of the sink"], max_new_tokens=max_new_tokens)
+        t2 = time.perf_counter()
+    say(f"input: one 640x480 RGB image -> VLM {features.vlm_image_embeds.shape[1]} image tokens (aspect kept), "
+        f"SAM3 {model.config.image_size}x{model.config.image_size}")
+    say(f"encode_image {t1 - t0:.1f} s; keyframe (answer of {max_new_tokens} tokens, "
+        f"{len(out.phrases[0])} query blocks, SAM3 per phrase) {t2 - t1:.1f} s")
+    say(f"answer: {out.answers[0]!r}")
+    say(f"outputs: mask_logits {tuple(out.mask_logits.shape)}, scores {tuple(out.scores.shape)}; finite: "
+        f"{bool(torch.isfinite(out.mask_logits.float()).all() and torch.isfinite(out.scores.float()).all())}")
+    say(f"peak RSS (whole run): {peak_rss_gb():.2f} GB")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/model_full.yaml")
@@ -147,10 +206,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instructions", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="also write the report to this file")
+    parser.add_argument("--official", action="store_true",
+                        help="the published InstructSAM-2B layout in reference mode instead (K = 10)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(args.config, args.sam3_size, args.vlm_size, getattr(torch, args.dtype), args.instructions)
+    if args.official:
+        report = run_official(args.config, getattr(torch, args.dtype))
+    else:
+        report = run(args.config, args.sam3_size, args.vlm_size, getattr(torch, args.dtype), args.instructions)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(report)

@@ -65,9 +65,19 @@ def script_answer(vlm: Qwen3VLForConditionalGeneration, tokenizer, phrases: int)
 
 
 def build_official_tiny(out_dir: str | Path, phrases: int = 1, num_queries: int = 4, shards: int = 2,
-                        config_path: str | Path = DEFAULT_CONFIG) -> tuple[Path, Path]:
-    """Write OUT/official and OUT/sam3; returns both paths."""
-    out = Path(out_dir)
+                        config_path: str | Path = DEFAULT_CONFIG, dtype: torch.dtype = torch.float32,
+                        pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS)) -> tuple[Path, Path]:
+    """Write OUT/official and OUT/sam3; returns both paths. config_path/dtype/pixels: the shapes (e.g.
+    config/model_full.yaml for the Qwen3-VL-2B / SAM3 shapes, in bfloat16, with Qwen's own pixel bounds)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return _build(Path(out_dir), phrases, num_queries, shards, config_path, pixels)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build(out: Path, phrases: int, num_queries: int, shards: int, config_path, pixels) -> tuple[Path, Path]:
     official, sam3_dir = out / "official", out / "sam3"
     spec = load_spec(config_path)
     torch.manual_seed(spec.get("seed", 0))
@@ -79,6 +89,7 @@ def build_official_tiny(out_dir: str | Path, phrases: int = 1, num_queries: int 
 
     sam3 = Sam3VideoModel(sam3_config_from_spec(spec))
     sam3.save_pretrained(sam3_dir)
+    del sam3.tracker_model  # only the detector goes into the official file
     detector = sam3.detector_model
     width = detector.config.detr_decoder_config.hidden_size
     d = vlm_config.text_config.hidden_size
@@ -115,7 +126,7 @@ def build_official_tiny(out_dir: str | Path, phrases: int = 1, num_queries: int 
          "repetition_penalty": 1.0}, indent=2) + "\n")
     tokenizer.save_pretrained(official)
     vc = vlm_config.vision_config
-    Qwen2VLImageProcessor(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}, patch_size=vc.patch_size,
+    Qwen2VLImageProcessor(size={"shortest_edge": pixels[0], "longest_edge": pixels[1]}, patch_size=vc.patch_size,
                           merge_size=vc.spatial_merge_size, temporal_patch_size=vc.temporal_patch_size,
                           image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(official)
     return official, sam3_dir
