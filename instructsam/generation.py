@@ -122,6 +122,8 @@ def generate_answer(model, features: ImageFeatures, image: int, suffix_ids: torc
             break
         generated.append(token)
         seen.append(token)
+        if len(generated) == max_new_tokens:
+            break  # as transformers' generate: the last token is returned, never fed (no block after it)
         past = cache.get_seq_length()
         if token == cfg.ref_end_token_id:
             ids = torch.tensor([[cfg.ref_end_token_id, cfg.mask_start_token_id]], device=device)
@@ -154,10 +156,11 @@ def _next_token(model, hidden: torch.Tensor, seen: list[int]) -> int:
 
 
 def phrase_ids(ids: list[int], start: int, end: int, limit: int) -> list[list[int]]:
-    """Every [start, ..., end] run in `ids`, in order, each truncated to `limit` tokens."""
+    """Every [start, ..., end] run in `ids`, in order, each truncated to `limit` tokens; a start inside an open
+    run belongs to that run (as the reference reads them)."""
     out, opened = [], None
     for i, token in enumerate(ids):
-        if token == start:
+        if token == start and opened is None:
             opened = i
         elif token == end and opened is not None:
             out.append(ids[opened:i + 1][:limit])

@@ -64,13 +64,13 @@ def to_square_pixels(images: list[torch.Tensor], size: int, mean: Sequence[float
     quantize: resize the uint8 image itself (rounded back to uint8), as transformers' SAM3 image processor does."""
     out = []
     for image in images:
-        x = image.to(device).permute(2, 0, 1)[None]
-        if quantize:
+        if quantize:  # torchvision's uint8 kernel runs on the CPU (on CUDA it would round differently)
+            x = image.cpu().permute(2, 0, 1)[None]
             if x.shape[-2:] != (size, size):
                 x = resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-            out.append(x.float() / 255.0)
+            out.append(x.to(device).float() / 255.0)
             continue
-        x = x.float() / 255.0
+        x = image.to(device).permute(2, 0, 1)[None].float() / 255.0
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append(x)

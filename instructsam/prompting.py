@@ -84,6 +84,8 @@ class PromptBuilder:
             before, after = (self._piece(template.before), self._piece(template.after)) if self.use_templates \
                 else ((), ())
             text = self.check_instruction(raw, i)
+            if not self.use_templates:
+                text = raw  # the reference's prompt carries the instruction verbatim (checked above)
             text_ids = self._encode_piece(text)  # not cached: user text is unbounded
             if len(text_ids) > self.max_tokens:
                 raise InstructionError(f"instruction {i} has {len(text_ids)} tokens, more than the limit of "

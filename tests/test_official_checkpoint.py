@@ -163,7 +163,7 @@ def test_positions_and_kv_growth_follow_the_reference_rule(rule):
     if rule == "sequential":  # 1-D, the same on all three rope axes
         assert torch.equal(prefix[0][:, 0], torch.arange(p).expand(3, -1))
     fed = calls[2:]
-    assert len(fed) == len(ans.ids)
+    assert len(fed) == len(ans.ids) - 1  # the last token is returned, not fed (as transformers' generate)
     n = p + s  # the reference's attention-mask length
     nxt = int(prompt[0].max()) + 1
     for (pos, width, past), token in zip(fed, ans.ids):
@@ -201,7 +201,7 @@ def test_the_incremental_run_equals_one_full_recomputation(model):
         ids, prefix = model._prefix(features, torch.tensor([0]))
         suffix = tokens.suffix_ids[0][tokens.suffix_kinds[0] != 0]
         pieces, kinds = [prefix[0], embed(suffix)], ["t"] * (prefix.shape[1] + len(suffix))
-        for token in ans.ids:
+        for token in ans.ids[:-1]:  # the last token is never fed
             if token == cfg.ref_end_token_id:
                 pieces += [embed(torch.tensor([cfg.ref_end_token_id, cfg.mask_start_token_id])),
                            model.query_bank, embed(torch.tensor([cfg.mask_end_token_id]))]
@@ -224,7 +224,7 @@ def test_the_incremental_run_equals_one_full_recomputation(model):
                 i += 1
         mask = torch.zeros(length, length).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
         positions, n, i = list(range(len(ids) + len(suffix))), len(ids) + len(suffix), 0
-        for token in ans.ids:
+        for token in ans.ids[:-1]:
             n += 1
             if token == cfg.ref_end_token_id:
                 positions += list(range(n, n + k + 3))
@@ -242,10 +242,10 @@ def test_the_incremental_run_equals_one_full_recomputation(model):
     # greedy choices: the prompt's last position, then each fed item's last position predicts the next token
     ends = [len(ids) + len(suffix) - 1]
     fed_ends, i = [], len(ids) + len(suffix)
-    for token in ans.ids:
+    for token in ans.ids[:-1]:
         i += (k + 3) if token == cfg.ref_end_token_id else 1
         fed_ends.append(i - 1)
-    choices = model.vlm.lm_head(out[ends + fed_ends[:-1]]).argmax(-1).tolist()
+    choices = model.vlm.lm_head(out[ends + fed_ends]).argmax(-1).tolist()
     assert choices == ans.ids
 
 
@@ -359,3 +359,42 @@ def test_the_reference_mode_equals_the_authors_own_code_on_the_tiny_checkpoint(m
     assert out.answers[0] == model.tokenizer.decode(golden["generated_ids"][0].tolist())
     assert torch.allclose(out.mask_logits[0], golden["pred_masks"].flatten(0, 1), atol=1e-5, rtol=0)
     assert torch.allclose(out.scores[0], golden["scores"].flatten(), atol=1e-6, rtol=0)
+
+
+def test_phrase_runs_are_read_as_the_reference_reads_them():
+    from instructsam.generation import phrase_ids
+
+    S, E = 7, 8
+    assert phrase_ids([1, S, 2, E, 3, S, 4, 5, E], S, E, 32) == [[S, 2, E], [S, 4, 5, E]]
+    assert phrase_ids([S, 2, S, 3, E], S, E, 32) == [[S, 2, S, 3, E]]  # an inner start belongs to the open run
+    assert phrase_ids([S, 2, 3, 4, E, S, 9], S, E, 3) == [[S, 2, 3]]  # truncated; an unclosed run is no phrase
+
+
+def test_a_last_token_that_closes_a_phrase_opens_no_block(model):
+    """At the length bound the last token is returned but not fed: a phrase closed by it has no query block, so
+    phrases and blocks do not pair up and the instruction has no slots (as the reference returns no masks)."""
+    _, _, ans = answer(model, max_new_tokens=3)  # <ref_start> red <ref_end>
+    assert ans.ids[-1] == model.config.ref_end_token_id and len(ans.phrases) == 1 and len(ans.query_states) == 0
+    with torch.no_grad():
+        out = model.segment(model.encode_image(IMAGE), [TEXT], max_new_tokens=3)
+    assert out.scores.shape == (1, 0) and out.answers == [model.tokenizer.decode(ans.ids)]
+    assert model.postprocess(out, [IMAGE.shape[:2]])[0].masks.shape == (0, 60, 80)
+
+
+def untie_removed(d):
+    config = json.loads((d / "config.json").read_text())
+    config["tie_word_embeddings"] = config["text_config"]["tie_word_embeddings"] = True
+    (d / "config.json").write_text(json.dumps(config))
+    for file in d.glob("*.safetensors"):
+        if "lm_head.weight" in load_file(str(file)):
+            rewrite(file, lambda t: t.pop("lm_head.weight"))
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    index["weight_map"].pop("lm_head.weight")
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_tied_embeddings_without_a_saved_lm_head_load(tmp_path):
+    """The published model ties lm_head to its embedding table, and save_pretrained omits the duplicate."""
+    model = load_official(edited_copy(tmp_path, untie_removed))
+    lm = model.vlm
+    assert lm.lm_head.weight.data_ptr() == lm.model.language_model.embed_tokens.weight.data_ptr()
