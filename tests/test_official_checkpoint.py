@@ -398,3 +398,22 @@ def test_tied_embeddings_without_a_saved_lm_head_load(tmp_path):
     model = load_official(edited_copy(tmp_path, untie_removed))
     lm = model.vlm
     assert lm.lm_head.weight.data_ptr() == lm.model.language_model.embed_tokens.weight.data_ptr()
+
+
+def test_pixels_equal_the_stock_processors_the_reference_uses(model):
+    """SAM3: transformers' Sam3ImageProcessor (which the authors left unchanged) at the model's size; the VLM: the
+    image processor saved in the official directory, loaded as the reference loads it."""
+    from transformers import AutoImageProcessor, Sam3ImageProcessor
+
+    from instructsam.preprocess import to_image_list, to_square_pixels
+
+    frame = np.random.default_rng(0).integers(0, 256, (48, 72, 3), dtype=np.uint8)
+    cfg = model.config
+    stock = Sam3ImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size})(
+        images=[frame], return_tensors="pt").pixel_values
+    ours = to_square_pixels(to_image_list(frame), cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std,
+                            quantize=True)
+    assert torch.allclose(ours, stock, atol=1e-6, rtol=0)
+    saved = AutoImageProcessor.from_pretrained(str(official_tiny_dir(2)))(images=[frame], return_tensors="pt")
+    patches, grid = model._qwen_patches(to_image_list(frame), torch.float32)
+    assert torch.equal(grid, saved.image_grid_thw) and torch.allclose(patches, saved.pixel_values, atol=1e-6, rtol=0)
