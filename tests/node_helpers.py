@@ -150,15 +150,19 @@ class Client:
             self.executor.spin_once(timeout_sec=0.02)
         return predicate()
 
-    def call(self, client, request, timeout: float = 30.0):
+    def call(self, client, request, timeout: float = 30.0, attempts: int = 1):
+        """attempts > 1 for read-only services only: a request sent just as the service is discovered can go
+        unanswered (its response reader not matched yet), and is then sent again."""
         assert self.spin_until(client.service_is_ready, timeout), f"service {client.srv_name} is not available"
-        future = client.call_async(request)
-        assert self.spin_until(future.done, timeout), f"no response from {client.srv_name}"
-        return future.result()
+        for _ in range(attempts):
+            future = client.call_async(request)
+            if self.spin_until(future.done, timeout / attempts):
+                return future.result()
+        raise AssertionError(f"no response from {client.srv_name}")
 
     def state(self) -> str:
         from lifecycle_msgs.srv import GetState
-        return self.call(self.get_state, GetState.Request()).current_state.label
+        return self.call(self.get_state, GetState.Request(), attempts=3).current_state.label
 
     def transition(self, transition_id: int) -> bool:
         from lifecycle_msgs.msg import Transition
