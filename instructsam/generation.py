@@ -172,7 +172,7 @@ def reference_segment(model, features: ImageFeatures, instructions: list[str], i
                       tokens: TokenizedInstructions, max_new_tokens: int) -> InstanceSetOutput:
     """`segment` in reference mode: per instruction, its answer and n phrases x K slots; the N instructions'
     slots are padded to the longest with empty slots (score 0, mask logits -inf)."""
-    device = model.device
+    cfg, device = model.config, model.device
     answers, per_instruction = [], []
     for n, image in enumerate(image_index.tolist()):
         suffix = tokens.suffix_ids[n][tokens.suffix_kinds[n] != PAD]  # drop the batch's right padding
@@ -195,7 +195,8 @@ def reference_segment(model, features: ImageFeatures, instructions: list[str], i
     return InstanceSetOutput(
         mask_logits=mask_logits, boxes=boxes, logits=logits, scores=logits.sigmoid(), image_index=image_index,
         answers=[a.text for a in answers],
-        phrases=[[model.tokenizer.decode(p[1:-1]) for p in a.phrases] for a in answers])
+        phrases=[[model.tokenizer.decode(p[1:-1] if p[-1] == cfg.ref_end_token_id else p[1:]) for p in a.phrases]
+                 for a in answers])  # a phrase truncated at max_phrase_tokens has lost its end marker
 
 
 def _decode_phrases(model, features: ImageFeatures, image: int, answer: Answer) -> dict:

@@ -417,3 +417,10 @@ def test_pixels_equal_the_stock_processors_the_reference_uses(model):
     saved = AutoImageProcessor.from_pretrained(str(official_tiny_dir(2)))(images=[frame], return_tensors="pt")
     patches, grid = model._qwen_patches(to_image_list(frame), torch.float32)
     assert torch.equal(grid, saved.image_grid_thw) and torch.allclose(patches, saved.pixel_values, atol=1e-6, rtol=0)
+
+
+def test_a_truncated_phrase_is_shown_without_losing_its_last_token():
+    model = load_official_tiny(phrases=1, max_phrase_tokens=2)  # [ref_start, red]: the end marker cut off
+    with torch.no_grad():
+        out = model.segment(model.encode_image(IMAGE), [TEXT], max_new_tokens=16)
+    assert out.phrases == [["red"]] and out.scores.shape == (1, model.config.num_queries)
