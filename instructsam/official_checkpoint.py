@@ -46,6 +46,8 @@ OFFICIAL_MAP = (
 FROM_SAM3 = ("detector_model.text_encoder.", "detector_model.detr_decoder.presence_",
              "detector_model.detr_decoder.query_embed.", "detector_model.detr_decoder.reference_points.",
              "tracker_model.", "tracker_neck.")
+REQUIRED_KEYS = ("max_seg_nums", "ref_start_token_index", "ref_end_token_index", "seg_start_token_index",
+                 "seg_end_token_index")
 NOT_SAFETENSORS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.ckpt")
 REFERENCE_POSTPROCESS = dict(score_threshold=0.3, mask_threshold=0.5, nms_iou=1.0, max_instances=100)
 
@@ -92,15 +94,12 @@ def find_sam3_dir(official: Path, raw: dict, sam3: str | os.PathLike | None) -> 
 
 def official_config(official: Path, sam3: Path, raw: dict):
     """Our InstructSAMConfig for an official directory: its Qwen3-VL config, facebook/sam3's config, K, the token
-    ids, the generation config's stop ids and penalty, the image processor's bounds, the reference's post-process."""
+    ids, the generation config's stop ids and penalty, the image processor's bounds, the reference's post-process.
+    `raw` is its config.json as check_official_dir read and checked it."""
     from transformers import AutoConfig, Qwen3VLConfig
 
     from instructsam.config import InstructSAMConfig
 
-    missing = [k for k in ("max_seg_nums", "ref_start_token_index", "ref_end_token_index",
-                           "seg_start_token_index", "seg_end_token_index") if k not in raw]
-    if missing:
-        raise CheckpointError(f"{str(official / 'config.json')!r} lacks InstructSAM's keys {missing}")
     vlm = Qwen3VLConfig.from_dict({k: v for k, v in raw.items() if k not in OFFICIAL_CONFIG_KEYS})
     sam3_config = AutoConfig.from_pretrained(str(sam3), local_files_only=True)
     if sam3_config.model_type != "sam3_video":
@@ -186,13 +185,16 @@ def _put(state, source, target: str, tensor: torch.Tensor, expected, origin: str
     source[target] = origin
 
 
-def check_official_dir(directory: str | os.PathLike, sam3: str | os.PathLike | None = None) -> Path:
-    """What loading needs, checked without reading the weights: the layout's config keys, safetensors weight files
-    that open, the tokenizer and the facebook/sam3 directory; returns the SAM3 directory."""
+def check_official_dir(directory: str | os.PathLike, sam3: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """What loading needs, checked without reading the weights: a qwen3_vl config with the layout's keys,
+    safetensors weight files that open, the tokenizer and the facebook/sam3 directory; returns the SAM3 directory
+    and the parsed config.json."""
     official = Path(directory)
     raw = read_config_json(official, "official InstructSAM checkpoint")
-    missing = [k for k in ("max_seg_nums", "ref_start_token_index", "ref_end_token_index", "seg_start_token_index",
-                           "seg_end_token_index") if k not in raw]
+    if raw.get("model_type") != "qwen3_vl":
+        raise CheckpointError(f"{str(official)!r} is not in the InstructSAM-2B layout (a qwen3_vl config with "
+                              f"max_seg_nums), its config.json says model_type {raw.get('model_type')!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{str(official / 'config.json')!r} lacks InstructSAM's keys {missing}")
     _weight_files(official, "official InstructSAM checkpoint")
@@ -200,7 +202,7 @@ def check_official_dir(directory: str | os.PathLike, sam3: str | os.PathLike | N
         raise CheckpointNotFoundError(f"official InstructSAM checkpoint {str(official)!r} has no tokenizer files")
     sam3_dir = find_sam3_dir(official, raw, sam3)
     _weight_files(sam3_dir, "SAM3 directory")
-    return sam3_dir
+    return sam3_dir, raw
 
 
 def load_official(directory: str | os.PathLike, sam3: str | os.PathLike | None = None,
@@ -214,11 +216,7 @@ def load_official(directory: str | os.PathLike, sam3: str | os.PathLike | None =
     from instructsam.modeling import InstructSAMModel
 
     official = Path(directory)
-    raw = read_config_json(official, "official InstructSAM checkpoint")
-    if not is_official_layout(official):
-        raise CheckpointError(f"{str(official)!r} is not in the InstructSAM-2B layout (a qwen3_vl config with "
-                              f"max_seg_nums)")
-    sam3_dir = check_official_dir(official, sam3)
+    sam3_dir, raw = check_official_dir(official, sam3)
     config = official_config(official, sam3_dir, raw)
     set_dtype_everywhere(config, dtype)
     # SAM3 whole from facebook/sam3 (transformers maps its file's names); the official file then replaces the

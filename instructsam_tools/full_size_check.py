@@ -92,13 +92,26 @@ def build_random(spec: dict, sam3_size: int | None, vlm_size: int | None, dtype:
     return model.eval()
 
 
-def run(config_path: str | Path, sam3_size: int | None, vlm_size: int | None, dtype: torch.dtype,
-        num_instructions: int = 2) -> str:
+def _report():
+    """The report's lines, and `say`, which prints a line and keeps it."""
     lines: list[str] = []
 
     def say(text: str = "") -> None:
         print(text, flush=True)
         lines.append(text)
+
+    return lines, say
+
+
+def say_components(say, model) -> None:
+    say(f"{'component':60s} {'parameters':>15s}")
+    for name, n in component_table(model):
+        say(f"{name:60s} {n:>15,d}")
+
+
+def run(config_path: str | Path, sam3_size: int | None, vlm_size: int | None, dtype: torch.dtype,
+        num_instructions: int = 2) -> str:
+    lines, say = _report()
 
     spec = load_spec(config_path)
     say(f"InstructSAM full-size wiring check  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
@@ -115,9 +128,7 @@ def run(config_path: str | Path, sam3_size: int | None, vlm_size: int | None, dt
         f"{cfg.vlm_config.vision_config.depth}. SAM3: ViT {vit.num_hidden_layers} layers, hidden {vit.hidden_size}. "
         f"K = {cfg.num_queries}")
     say()
-    say(f"{'component':60s} {'parameters':>15s}")
-    for name, n in component_table(model):
-        say(f"{name:60s} {n:>15,d}")
+    say_components(say, model)
     say()
     vgrid = cfg.vlm_image_size // cfg.vlm_config.vision_config.patch_size
     sgrid = cfg.image_size // vit.patch_size
@@ -151,11 +162,7 @@ def run_official(config_path: str | Path, dtype: torch.dtype, max_new_tokens: in
     from instructsam.official_checkpoint import load_official
     from instructsam_tools.official_tiny import build_official_tiny
 
-    lines: list[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
+    lines, say = _report()
 
     say(f"InstructSAM-2B layout (reference mode) full-size wiring check  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
     say(f"config: {config_path} shapes, K = 10; dtype {dtype}; torch {torch.__version__}, transformers "
@@ -175,9 +182,7 @@ def run_official(config_path: str | Path, dtype: torch.dtype, max_new_tokens: in
     finally:
         shutil.rmtree(root, ignore_errors=True)
     say()
-    say(f"{'component':60s} {'parameters':>15s}")
-    for name, n in component_table(model):
-        say(f"{name:60s} {n:>15,d}")
+    say_components(say, model)
     say()
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     with torch.no_grad():
