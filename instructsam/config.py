@@ -13,7 +13,9 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto import AutoConfig
 
 ATTENTION_MODES = ("hybrid", "causal")
-INFERENCE_MODES = ("one_pass", "reference")
+INFERENCE_MODES = ("one_pass", "reference", "dit")
+DIT_VARIANTS = ("none", "end_to_end", "layer_wise")
+DIT_TEXT_SOURCES = ("sam3", "vlm")
 REFERENCE_POSITIONS = ("sequential", "mrope")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -43,7 +45,16 @@ class InstructSAMConfig(PreTrainedConfig):
     inference_mode: "one_pass" (this package's: K query tokens after the instruction, one forward pass, trainable
         here) or "reference" (the published InstructSAM-2B's: the VLM writes each target phrase between
         <|object_ref_start|> and <|object_ref_end|>, a block of K queries follows each phrase, SAM3 decodes without
-        its presence token; instructsam.generation). A checkpoint says which it is.
+        its presence token; instructsam.generation) or "dit" (deep instruction tuning: the instruction's words
+        inside SAM3's image encoder, SAM3's own queries and heads decode; instructsam.dit_encoder). A checkpoint
+        says which it is.
+    DIT mode only:
+    dit_variant: "end_to_end" (E-DIT: projected once, through every encoder layer), "layer_wise" (L-DIT: one
+        projection per layer, inserted there) or "none" (SAM3's default text prompting, no insertion).
+    dit_text_source: "sam3" (SAM3's own text encoder, DIT's setting; the tokenizer in `sam3_tokenizer/`) or "vlm"
+        (the VLM's states of the instruction tokens, through the prompt projector).
+    dit_freeze_encoder: keep SAM3's ViT frozen (DIT's * rows; E-DIT then adapts its text tokens with a linear
+        layer after every encoder layer); False trains the ViT.
     Reference mode only:
     reference_positions: "sequential" (the reference's inference: 1-D positions for every token, the query block
         shifted by one, the token after it sharing <|mask_end|>'s position) or "mrope" (its training: Qwen3-VL's
@@ -104,6 +115,9 @@ class InstructSAMConfig(PreTrainedConfig):
     vlm_min_pixels: int = 65536
     vlm_max_pixels: int = 16777216
     model_version: str = ""
+    dit_variant: str = "layer_wise"
+    dit_text_source: str = "sam3"
+    dit_freeze_encoder: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -128,6 +142,10 @@ class InstructSAMConfig(PreTrainedConfig):
         if self.reference_positions not in REFERENCE_POSITIONS:
             raise ValueError(f"reference_positions must be one of {REFERENCE_POSITIONS}, got "
                              f"{self.reference_positions!r}")
+        if self.dit_variant not in DIT_VARIANTS:
+            raise ValueError(f"dit_variant must be one of {DIT_VARIANTS}, got {self.dit_variant!r}")
+        if self.dit_text_source not in DIT_TEXT_SOURCES:
+            raise ValueError(f"dit_text_source must be one of {DIT_TEXT_SOURCES}, got {self.dit_text_source!r}")
         if self.inference_mode == "reference":
             missing = [n for n in ("ref_start_token_id", "ref_end_token_id", "mask_start_token_id",
                                    "mask_end_token_id", "eos_token_ids") if getattr(self, n) is None]
@@ -177,4 +195,4 @@ def set_dtype_everywhere(config: PreTrainedConfig, dtype) -> None:
 
 AutoConfig.register("instructsam", InstructSAMConfig, exist_ok=True)
 
-__all__ = ["InstructSAMConfig", "ATTENTION_MODES", "set_dtype_everywhere"]
+__all__ = ["InstructSAMConfig", "ATTENTION_MODES", "DIT_VARIANTS", "DIT_TEXT_SOURCES", "set_dtype_everywhere"]

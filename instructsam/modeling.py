@@ -12,6 +12,7 @@ Components (state-dict prefixes): `vlm` (Qwen3VLForConditionalGeneration, LoRA i
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from transformers import initialization as init
 from instructsam.attention import CAUSAL, PAD, additive_mask
 from instructsam.checkpoint import check_instructsam_dir, record_weight_hashes
 from instructsam.config import InstructSAMConfig, set_dtype_everywhere
+from instructsam.dit_encoder import DITEncoder
 from instructsam.errors import CheckpointError, InstructSAMInputError
 from instructsam.generation import reference_segment, sequential_positions
 from instructsam.lora import add_lora, is_lora_parameter
@@ -37,6 +39,10 @@ from instructsam.preprocess import ImagesInput, patchify_for_qwen, to_image_list
 from instructsam.prompting import PromptBuilder, TokenizedInstructions
 from instructsam.sam3_queries import (QueryProjector, ReferenceProjector, Sam3VisionEncoderOutput, decode_queries,
                                       encode_prompted, select_vision)
+
+
+DIT_ENCODER_PREFIX = "sam3.detector_model.vision_encoder.backbone."  # SAM3's ViT, DIT's fusion network
+SAM3_TOKENIZER_DIR = "sam3_tokenizer"
 
 
 class InstructSAMPreTrainedModel(PreTrainedModel):
@@ -68,6 +74,12 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         projector = ReferenceProjector if config.inference_mode == "reference" else QueryProjector
         self.projector = projector(config.vlm_hidden_size, config.sam3_hidden_size, config.num_queries)
         self.vlm_image_processor = None  # reference mode: Qwen's own (aspect-preserving) image processor
+        self.dit = None  # DIT mode: the instruction inside SAM3's image encoder
+        if config.inference_mode == "dit":
+            vit = self.detector.vision_encoder.backbone.config
+            self.dit = DITEncoder(config.dit_variant, config.sam3_hidden_size, vit.hidden_size, vit.num_hidden_layers,
+                                  config.dit_freeze_encoder)
+        self.sam3_tokenizer = None  # DIT mode with SAM3's text encoder: its tokenizer (`sam3_tokenizer/`)
         if config.lora_r > 0:
             add_lora(self.vlm.model.language_model, config.lora_r, config.lora_alpha, config.lora_dropout,
                      config.lora_target_modules)
@@ -95,7 +107,7 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, InstructSAMModel):
             init.normal_(module.query_bank, mean=0.0, std=std)
-        elif isinstance(module, (QueryProjector, ReferenceProjector)):
+        elif isinstance(module, (QueryProjector, ReferenceProjector, DITEncoder)):
             module.reset_parameters(std, init)
         else:
             super()._init_weights(module)
@@ -131,8 +143,18 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         `config.unfreeze_modules` prefixes trainable on top."""
         cfg = self.config
         require_parameter_prefixes(self, cfg.unfreeze_modules, "unfreeze_modules")
+        dit_encoder = cfg.inference_mode == "dit" and not cfg.dit_freeze_encoder
+        unused = ()  # DIT decodes with SAM3's own queries: the query bank and its projector stay as they are
+        if cfg.inference_mode == "dit":
+            unused = ("query_bank", "projector.query_", "projector.box_mlp.", "projector.reference_logits")
+            if cfg.dit_text_source == "sam3":
+                unused += ("vlm.", "projector.")
         for name, p in self.named_parameters():
-            if name.startswith("sam3."):
+            if dit_encoder and name.startswith(DIT_ENCODER_PREFIX):
+                trainable = True
+            elif name.startswith(unused):
+                trainable = False
+            elif name.startswith("sam3."):
                 trainable = not cfg.freeze_sam3
             elif name.startswith("vlm.model.visual."):
                 trainable = not cfg.freeze_vlm_vision
@@ -142,6 +164,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                 trainable = True
             if any(name.startswith(prefix) for prefix in cfg.unfreeze_modules):
                 trainable = True
+            if cfg.inference_mode == "dit" and cfg.dit_freeze_encoder and name.startswith(DIT_ENCODER_PREFIX):
+                trainable = False  # DIT's frozen-encoder rows, whatever unfreeze_modules says about the detector
             p.requires_grad_(trainable)
 
     def train(self, mode: bool = True):
@@ -160,6 +184,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(save_directory)
+        if self.sam3_tokenizer is not None:
+            self.sam3_tokenizer.save_pretrained(Path(save_directory) / SAM3_TOKENIZER_DIR)
         record_weight_hashes(save_directory)  # from_pretrained checks the weights against these
 
     @classmethod
@@ -181,15 +207,20 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             raise CheckpointError(f"could not load InstructSAM checkpoint {str(path)!r}: {err}") from err
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
         model.attach_tokenizer(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+        if model.config.inference_mode == "dit" and model.config.dit_text_source == "sam3":
+            if not (path / SAM3_TOKENIZER_DIR / "tokenizer_config.json").is_file():
+                raise CheckpointError(f"DIT checkpoint {str(path)!r} prompts with SAM3's text encoder but has no "
+                                      f"{SAM3_TOKENIZER_DIR}/ (SAM3's tokenizer, e.g. from facebook/sam3's directory)")
+            model.sam3_tokenizer = AutoTokenizer.from_pretrained(str(path / SAM3_TOKENIZER_DIR), local_files_only=True)
         model.apply_freezing()
         return loaded
 
     # ---- images ---------------------------------------------------------------------------------------------
-    def _grad_context(self, module: nn.Module):
-        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+    def _grad_context(self, *modules: nn.Module):
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
         return torch.enable_grad() if trainable else torch.no_grad()
 
-    def encode_image(self, images: ImagesInput, vlm: bool = True) -> ImageFeatures:
+    def encode_image(self, images: ImagesInput, vlm: bool = True, tracker: bool = True) -> ImageFeatures:
         """Image features for both the VLM and SAM3, computed once per image.
 
         images: uint8 RGB (H, W, 3), a list of them (any sizes) or a (B, H, W, 3) uint8 tensor. Each is resized
@@ -198,12 +229,16 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         see (it reads the ViT output through its own neck; `segment` then refuses the features).
         Reference mode: the VLM's pixels come from Qwen's image processor (aspect kept, bicubic, one grid per image,
         so a batch must share one size) and SAM3's are resized on the uint8 image, as the published model's are.
+        DIT mode: the detector's image features depend on the instruction, so a keyframe keeps SAM3's pixels for
+        `segment` (one encoder pass per instruction there) and only the plain ViT runs here, for the tracker
+        (tracker=False skips it: the training path); the VLM's tower runs only for dit_text_source "vlm".
         """
         imgs = to_image_list(images)
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in imgs]
         cfg, device = self.config, self.device
+        dit = cfg.inference_mode == "dit"
         image_embeds = deepstack = grid_thw = None
-        if vlm:
+        if vlm and (not dit or cfg.dit_text_source == "vlm"):
             visual = self.vlm.model.visual
             vc = cfg.vlm_config.vision_config
             with self._grad_context(visual):
@@ -221,13 +256,16 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         with self._grad_context(self.detector.vision_encoder):
             sam_pixels = to_square_pixels(imgs, cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std, device,
                                           self.detector.dtype, quantize=cfg.inference_mode == "reference")
-            if vlm:
+            if vlm and not dit:
                 sam3_vision = self.detector.get_vision_features(pixel_values=sam_pixels)
+            elif dit and not tracker:
+                sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=None)
             else:  # only the tracker reads these, through its own neck: skip the detector's FPN neck too
-                backbone = self.detector.vision_encoder.backbone(sam_pixels)
+                with torch.no_grad() if dit else contextlib.nullcontext():  # DIT trains the ViT in `segment`
+                    backbone = self.detector.vision_encoder.backbone(sam_pixels)
                 sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=backbone.last_hidden_state)
         return ImageFeatures(vlm_image_embeds=image_embeds, vlm_deepstack=deepstack, vlm_grid_thw=grid_thw,
-                             sam3=sam3_vision, original_sizes=sizes)
+                             sam3=sam3_vision, original_sizes=sizes, sam3_pixels=sam_pixels if dit and vlm else None)
 
     def _qwen_patches(self, imgs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if len({tuple(im.shape) for im in imgs}) > 1:
@@ -387,7 +425,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             instruction once, when it arrives, and reuses the tokens on every keyframe).
         max_new_tokens: reference mode: the answer's bound (default config.max_new_tokens); one-pass mode ignores it.
         """
-        if features.vlm_image_embeds is None:
+        keyframe_part = features.sam3_pixels if self.config.inference_mode == "dit" else features.vlm_image_embeds
+        if keyframe_part is None:
             raise ValueError("these image features were encoded without the VLM part (encode_image(..., vlm=False));"
                              " encode with vlm=True to segment")
         if tokens is None:
@@ -401,17 +440,21 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                 raise InstructSAMInputError("reference mode is inference only: no denoising queries")
             return reference_segment(self, features, instructions, index, tokens,
                                      self.config.max_new_tokens if max_new_tokens is None else max_new_tokens)
-        hidden, offset = self.language_model_pass(features, tokens, index, reuse_prefix)
-        rows = torch.arange(len(index), device=self.device)[:, None]
-        query_states = hidden[rows, offset + tokens.query_index.to(self.device)]
-        prompt_states = hidden[rows, offset + tokens.prompt_index.to(self.device)]
-        proj_dtype = self.query_bank.dtype
-        queries, reference_boxes = self.projector.queries(query_states.to(proj_dtype))
-        prompt = self.projector.prompt(prompt_states.to(proj_dtype))
+        if self.config.inference_mode == "dit":
+            vision, prompt, prompt_mask = self._dit_vision(features, instructions, index, tokens, reuse_prefix)
+            dec = self.detector.detr_decoder  # SAM3's own queries decode the fused features, as in SAM3
+            queries = dec.query_embed.weight.expand(len(index), -1, -1)
+            reference_boxes = dec.reference_points.weight.sigmoid().expand(len(index), -1, -1)
+            query_states = None
+        else:
+            query_states, prompt_states = self._query_and_prompt_states(features, tokens, index, reuse_prefix)
+            proj_dtype = self.query_bank.dtype
+            queries, reference_boxes = self.projector.queries(query_states.to(proj_dtype))
+            prompt = self.projector.prompt(prompt_states.to(proj_dtype))
+            vision, prompt_mask = select_vision(features.sam3, index), tokens.prompt_mask.to(self.device)
         sam_dtype = self.detector.dtype
         # the DETR encoder runs once; the slots (and the denoising queries, apart from them) are decoded against it
-        prompted = encode_prompted(self.detector, select_vision(features.sam3, index), prompt.to(sam_dtype),
-                                   tokens.prompt_mask.to(self.device))
+        prompted = encode_prompted(self.detector, vision, prompt.to(sam_dtype), prompt_mask)
         det = decode_queries(self.detector, prompted, queries.to(sam_dtype), reference_boxes.to(sam_dtype))
         presence_logits = det.presence_logits[:, 0]
         denoise = {}
@@ -429,6 +472,48 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             aux_presence_logits=det.all_presence_logits[..., 0], reference_boxes=reference_boxes,
             semantic_seg=det.semantic_seg, query_states=query_states, image_index=index, **denoise)
 
+    def _query_and_prompt_states(self, features: ImageFeatures, tokens: TokenizedInstructions, index: torch.Tensor,
+                                 reuse_prefix: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final VLM states of the query tokens (N, K, d) and of the instruction's prompt tokens (N, L, d)."""
+        hidden, offset = self.language_model_pass(features, tokens, index, reuse_prefix)
+        rows = torch.arange(len(index), device=self.device)[:, None]
+        return (hidden[rows, offset + tokens.query_index.to(self.device)],
+                hidden[rows, offset + tokens.prompt_index.to(self.device)])
+
+    def _dit_vision(self, features: ImageFeatures, instructions: list[str], index: torch.Tensor,
+                    tokens: TokenizedInstructions, reuse_prefix: bool):
+        """DIT: the instruction's word features F_t, SAM3's ViT with them inserted (one pass per instruction) and
+        SAM3's FPN neck on its output. Returns the vision features, the detector's prompt and its mask."""
+        cfg = self.config
+        if cfg.dit_text_source == "sam3":
+            if self.sam3_tokenizer is None:
+                raise RuntimeError("no SAM3 tokenizer attached (DIT with SAM3's text encoder): load the model with "
+                                   "InstructSAMModel.from_pretrained(dir) or set model.sam3_tokenizer")
+            # SAM3's text encoder reads at most its context length (32 tokens for facebook/sam3): longer
+            # instructions are cut there, a limit of DIT's setting, not of the VLM's
+            text_len = cfg.sam3_config.detector_config.text_config.max_position_embeddings
+            enc = self.sam3_tokenizer(list(instructions), padding=True, truncation=True, max_length=text_len,
+                                      return_tensors="pt").to(self.device)
+            with self._grad_context(self.detector.text_encoder, self.detector.text_projection):
+                text = self.detector.get_text_features(input_ids=enc.input_ids,
+                                                       attention_mask=enc.attention_mask).pooler_output
+            text_mask = enc.attention_mask.bool()
+        else:
+            _, prompt_states = self._query_and_prompt_states(features, tokens, index, reuse_prefix)
+            text = self.projector.prompt(prompt_states.to(self.query_bank.dtype))
+            text_mask = tokens.prompt_mask.to(self.device).bool()
+        vision_encoder = self.detector.vision_encoder
+        pixels = features.sam3_pixels[index]
+        with self._grad_context(vision_encoder, self.dit, self.projector, self.detector.text_encoder,
+                                self.detector.text_projection, self.vlm):
+            hidden, prompt = self.dit(vision_encoder.backbone, pixels, text.to(self.detector.dtype), text_mask)
+            side = vision_encoder.config.backbone_config.patch_size
+            spatial = hidden.view(len(index), pixels.shape[-2] // side, pixels.shape[-1] // side, -1)
+            fpn, fpn_pos = vision_encoder.neck(spatial.permute(0, 3, 1, 2))
+        vision = Sam3VisionEncoderOutput(last_hidden_state=hidden, fpn_hidden_states=fpn,
+                                         fpn_position_encoding=fpn_pos)
+        return vision, prompt, text_mask
+
     def forward(self, images: ImagesInput | None = None, instructions: list[str] | None = None,
                 image_index: list[int] | None = None, task: str | list[str] | None = None,
                 features: ImageFeatures | None = None) -> InstanceSetOutput:
@@ -439,7 +524,7 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         if features is None:
             if images is None:
                 raise InstructSAMInputError("forward needs images or precomputed features")
-            features = self.encode_image(images)
+            features = self.encode_image(images, tracker=False)
         return self.segment(features, instructions, image_index=image_index, task=task, reuse_prefix=False)
 
     def postprocess(self, output: InstanceSetOutput, original_sizes: list[tuple[int, int]],

@@ -34,6 +34,7 @@ class ImageFeatures:
     original_sizes: list[tuple[int, int]]
     tracker: dict[int, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
     prefix_cache: object | None = None
+    sam3_pixels: torch.Tensor | None = None  # DIT mode's keyframes: SAM3's input, re-encoded with each instruction
 
     def __len__(self) -> int:
         return len(self.original_sizes)

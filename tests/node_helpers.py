@@ -204,6 +204,32 @@ class Client:
         self.context.try_shutdown()
 
 
+def serve_one_instruction(params: dict[str, Any], text: str, num_frames: int = 3, camera: str = "front",
+                          timeout: float = 60.0) -> tuple[list, dict]:
+    """Start the node (`params`), set one instruction on `camera` through the service, publish `num_frames` random
+    60x80 frames one at a time, each waited for. Returns the InstanceMaskArray results and the node's diagnostics
+    values once active."""
+    from instructsam_ros.msg import Instruction
+    from instructsam_ros.srv import SetInstruction
+
+    with active_node(params):
+        client = Client({camera: False})
+        try:
+            assert client.spin_until(lambda: client.image_pubs[camera].get_subscription_count() > 0, 20)
+            res = client.call(client.set_instruction, SetInstruction.Request(
+                instruction=Instruction(id="one", text=text, camera=camera)))
+            assert res.success, res.message
+            results = client.results[camera]
+            images = np.random.default_rng(0).integers(0, 256, (num_frames, 60, 80, 3), dtype=np.uint8)
+            for t, image in enumerate(images):
+                start = len(results)
+                client.image_pubs[camera].publish(rgb_image_msg(image, f"f{t}"))
+                assert client.spin_until(lambda: len(results) > start, timeout), f"no result for frame {t}"
+            return list(results), client.diagnostic(": node", lambda v: v["state"] == "active")
+        finally:
+            client.close()
+
+
 def rgb_image_msg(image: np.ndarray, frame_id: str, stamp: tuple[int, int] = (0, 0)):
     from sensor_msgs.msg import Image
     msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=image.shape[1] * 3,

@@ -14,7 +14,7 @@ import torch
 from model_fixtures import load_tiny, tiny_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = {"paths", "batching", "node", "scaling", "stream"}
+SECTIONS = {"paths", "batching", "node", "scaling", "stream", "dit"}
 
 
 def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
@@ -35,6 +35,9 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     assert set(scaling["k"]) == {"4", "16", "64"} and set(scaling["objects"]) == {"1", "2", "4", "8", "16"}
     assert all(v["tracked_objects"] == int(n) for n, v in scaling["objects"].items())
     assert results["sections"]["stream"]["frames"] == 50
+    dit = results["sections"]["dit"]["tiny"]  # DIT's per-instruction encoder cost beside InstructSAM's
+    assert set(dit) == {"instructsam", "e_dit", "l_dit"}
+    assert all(set(v["batched"]) == {"1", "4", "16"} and v["encoder"]["median_ms"] > 0 for v in dit.values())
 
     targets = results["targets"]
     # paths x2, batching, node x2, stream: one line each, every one with a verdict, all printed in the table
@@ -49,6 +52,7 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     for plot in ("scaling_k.png", "scaling_objects.png", "stream_rss.png"):
         assert (out / plot).stat().st_size > 1000
     md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## 7. DIT beside InstructSAM" in md and "| l_dit |" in md
     assert "## Targets" in md and "python -m instructsam_tools.benchmarks" in md and "![stream_rss]" in md
     # the tracked frame is measured as the pipeline runs it (ViT + tracker neck): no projection beside it
     paths = results["sections"]["paths"]["tiny"]

@@ -8,39 +8,20 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 from model_fixtures import official_tiny_dir
-from node_helpers import Client, active_node, rgb_image_msg
+from node_helpers import serve_one_instruction
 
 ANSWER = "<|object_ref_start|>red<|object_ref_end|>"
 
 
 def test_the_node_serves_the_published_layout_and_publishes_the_answer():
-    from instructsam_ros.msg import Instruction
-    from instructsam_ros.srv import SetInstruction
-
     params = {"cameras": ["front"], "checkpoint": str(official_tiny_dir(1)), "keyframe_interval": 2,
               "num_threads": 1, "max_new_tokens": 16, "diagnostics_period": 0.5}
-    with active_node(params):
-        client = Client({"front": False})
-        try:
-            assert client.spin_until(lambda: client.image_pubs["front"].get_subscription_count() > 0, 20)
-            res = client.call(client.set_instruction, SetInstruction.Request(
-                instruction=Instruction(id="red", text="the red circle", camera="front")))
-            assert res.success, res.message
-            results = client.results["front"]
-            images = np.random.default_rng(0).integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
-            for t, image in enumerate(images):
-                start = len(results)
-                client.image_pubs["front"].publish(rgb_image_msg(image, f"f{t}"))
-                assert client.spin_until(lambda: len(results) > start, 60), f"no result for frame {t}"
-            assert [r.keyframe for r in results] == [True, False, True]
-            assert all(r.answer == ANSWER for r in results)  # tracked frames carry their keyframe's answer
-            assert len(results[0].instances) > 0  # one phrase x K = 4 slots, scored by the random detector
-            node = client.diagnostic(": node", lambda v: v["state"] == "active")
-            assert node["model_version"] == "unversioned"
-        finally:
-            client.close()
+    results, node = serve_one_instruction(params, "the red circle")
+    assert [r.keyframe for r in results] == [True, False, True]
+    assert all(r.answer == ANSWER for r in results)  # tracked frames carry their keyframe's answer
+    assert len(results[0].instances) > 0  # one phrase x K = 4 slots, scored by the random detector
+    assert node["model_version"] == "unversioned"
 
 
 def test_bag_eval_runs_on_the_published_layout(tmp_path):

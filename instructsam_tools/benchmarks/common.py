@@ -116,6 +116,15 @@ class ModelStore:
                     overrides=overrides, seed=spec.get("seed", 0))
         return out
 
+    def dit_checkpoint(self, config: str, variant: str) -> Path:
+        """The benchmark model of `config` in DIT mode (`variant`: end_to_end or layer_wise), its weights unchanged."""
+        from instructsam_tools.to_dit import to_dit
+
+        out = self.root / f"{config}-dit-{variant}"
+        if not (out / "config.json").is_file():
+            to_dit(self.checkpoint(config), out, variant)
+        return out
+
     @staticmethod
     def default_k(config: str) -> int:
         from instructsam_tools.tiny import load_spec

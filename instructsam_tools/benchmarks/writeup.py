@@ -243,6 +243,29 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
                             f"{h['switch_ms']:.1f}", f"{1e3 / h['mixed_fps']:.1f}"],
                            ["frames/s", f"{h['keyframe_fps']:.0f}", f"{h['tracked_fps']:.0f}", "",
                             f"{h['mixed_fps']:.0f}"]]), ""]
+    if "dit" in s:
+        out += ["## 7. DIT beside InstructSAM: the per-instruction encoder cost (one 640x480 frame, median ms)", "",
+                "DIT's detector features depend on the instruction: a keyframe runs SAM3's ViT once per instruction "
+                "(and once more, plainly, for the tracker), a switch re-runs it, N instructions cost N encoder passes. "
+                "InstructSAM encodes once and every instruction reuses the features. encoder = SAM3's ViT alone, "
+                "what each further DIT instruction pays again; per-instruction = the N-batched call / N.", ""]
+        for c, d in s["dit"].items():
+            counts = list(next(iter(d.values()))["batched"])
+            out += [f"**{c}**", "",
+                    _md_table(["model", "keyframe", "switch", "switch / keyframe", "encoder (ViT)"]
+                              + [f"{n} batched, per instruction" for n in counts],
+                              [[m, f"{v['keyframe']['median_ms']:.1f}", f"{v['switch']['median_ms']:.1f}",
+                                f"{v['switch']['median_ms'] / v['keyframe']['median_ms']:.2f}",
+                                f"{v['encoder']['median_ms']:.1f}"]
+                               + [f"{v['batched'][n]['per_instruction_ms']:.1f}" for n in counts]
+                               for m, v in d.items()]), ""]
+        if "full_size" in s:
+            phases = s["full_size"]["phases"]
+            vit = phases["keyframe"]["components_gflop"].get("SAM3 ViT", 0.0) / 1e3
+            switch = phases["instruction switch (prefix cached)"]["tflop"]
+            out += [f"At full size on paper (section 6): each further DIT instruction re-runs SAM3's ViT, "
+                    f"≈ {vit:.2f} TFLOP (plus the few text tokens it carries), where an InstructSAM switch costs "
+                    f"{switch:.2f} TFLOP on cached features: {vit / switch:.1f}x per instruction.", ""]
     if plots:
         out += ["## Plots", ""]
         for p in plots:

@@ -9,6 +9,10 @@ Data specs (used by the trainer's YAML and the evaluate command):
     inst2seg:DIR[:SPLIT]    an Inst2Seg directory on disk (default split "test")
     synthetic_video:SPLIT[:N]   N synthetic video clips (default 200) of `clip_frames` frames, for the tracking
                             objective (instructsam_tools.training.tracker_objective); a batch is clips instead of image groups
+    refer:ROOT:DATASET:SPLIT_BY[:SPLIT]   RefCOCO / RefCOCO+ / RefCOCOg in the lichengunc/refer layout
+                            (data.loaders.load_refcoco, e.g. refer:data/refer:refcoco:unc:val), one target each
+    grefcoco:ROOT:SPLIT_BY[:SPLIT]        gRefCOCO (data.loaders.load_grefcoco): no, one or several targets
+The refer/grefcoco samples are read into memory with their images (sized for fixtures and validation splits).
 """
 from __future__ import annotations
 
@@ -54,8 +58,24 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
         if not Path(root).is_dir():
             raise FileNotFoundError(f"data spec {spec!r}: Inst2Seg directory {root!r} does not exist")
         return Inst2SegDataset(root, split or "test")
-    raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]', 'inst2seg:DIR[:SPLIT]' or "
-                     f"'synthetic_video:SPLIT[:N]'")
+    if kind in ("refer", "grefcoco"):
+        from instructsam_tools.data.loaders import load_grefcoco, load_refcoco
+
+        parts = rest.split(":")
+        need = 3 if kind == "refer" else 2
+        if len(parts) not in (need, need + 1) or not all(parts):
+            raise ValueError(f"data spec {spec!r}: expected " + ("refer:ROOT:DATASET:SPLIT_BY[:SPLIT]" if kind ==
+                             "refer" else "grefcoco:ROOT:SPLIT_BY[:SPLIT]"))
+        split = parts[need] if len(parts) > need else None
+        samples = (load_refcoco(parts[0], parts[1], parts[2], split=split) if kind == "refer"
+                   else load_grefcoco(parts[0], parts[1], split=split))
+        loaded = list(samples)
+        if not loaded:
+            raise ValueError(f"data spec {spec!r}: no samples" + (f" in split {split!r}" if split else ""))
+        return loaded
+    raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]', 'inst2seg:DIR[:SPLIT]', "
+                     f"'synthetic_video:SPLIT[:N]', 'refer:ROOT:DATASET:SPLIT_BY[:SPLIT]' or "
+                     f"'grefcoco:ROOT:SPLIT_BY[:SPLIT]'")
 
 
 def image_groups(dataset) -> list[list[int]]:
@@ -68,6 +88,11 @@ def image_groups(dataset) -> list[list[int]]:
         for i, ins in enumerate(dataset.instructions):
             groups.setdefault(ins["image_id"], []).append(i)
         return list(groups.values())
+    if isinstance(dataset, list):  # loaded samples (refer, grefcoco): by image, in order of first appearance
+        by_image: dict = {}
+        for i, sample in enumerate(dataset):
+            by_image.setdefault(sample.image_id, []).append(i)
+        return list(by_image.values())
     return [[i] for i in range(len(dataset))]  # videos, or an unknown dataset: one instruction per image
 
 

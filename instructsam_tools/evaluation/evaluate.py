@@ -85,14 +85,23 @@ def score_predictions(pairs, num_samples: int, score_threshold: float, num_overl
     return summary, overlays
 
 
+TARGET_SUBSETS = ("all", "single", "multi")
+
+
 def evaluate_model(model, dataset, max_samples: int | None = None, images_per_batch: int = 4,
                    score_threshold: float | None = None, num_overlays: int = 16,
-                   per_sample: list | None = None) -> tuple[dict, list[OverlayItem]]:
+                   per_sample: list | None = None, targets: str = "all") -> tuple[dict, list[OverlayItem]]:
     """Run the model over (the first max_samples of) the dataset and score it (see score_predictions). The set
-    metrics use `score_threshold` (default: the model config's)."""
+    metrics use `score_threshold` (default: the model config's). targets: "single" scores only the samples with
+    exactly one target (the referring setting DIT's P@x / oIoU / mIoU come from), "multi" the others (none or
+    several: the instance-set setting), "all" every sample."""
+    if targets not in TARGET_SUBSETS:
+        raise ValueError(f"targets must be one of {TARGET_SUBSETS}, got {targets!r}")
     threshold = model.config.score_threshold if score_threshold is None else score_threshold
     groups = limit_groups(image_groups(dataset), max_samples)
     pairs = predict_groups(model, dataset, groups, images_per_batch)
+    if targets != "all":
+        pairs = ((s, p) for s, p in pairs if (len(s.masks) == 1) == (targets == "single"))
     return score_predictions(pairs, sum(len(g) for g in groups), threshold, num_overlays, per_sample)
 
 
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--title", default=None, help="title of the markdown report")
+    parser.add_argument("--targets", choices=TARGET_SUBSETS, default="all",
+                        help="score only samples with exactly one target (single), the others (multi), or all")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -137,9 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.checkpoint, args.device)
     per_sample: list[dict] = []
     summary, overlays = evaluate_model(model, dataset, args.max_samples, args.batch_size, args.score_threshold,
-                                       args.num_overlays, per_sample)
+                                       args.num_overlays, per_sample, args.targets)
     summary["run"] = {"checkpoint": str(args.checkpoint), "data": args.data, "batch_size": args.batch_size,
-                      "max_samples": args.max_samples}
+                      "max_samples": args.max_samples, "targets": args.targets}
     out = Path(args.out)
     paths = write_report(out, summary, overlays, title=args.title or f"{Path(args.checkpoint).name} on {args.data}")
     with open(out / "per_sample.jsonl", "w") as f:

@@ -20,7 +20,8 @@ from instructsam_tools.training.tracker_objective import positional_memory_atten
 
 # InstructSAMConfig fields that change the architecture or the tokenizer: a loaded model cannot switch them
 ARCHITECTURE_FIELDS = {"num_queries", "lora_r", "lora_alpha", "lora_target_modules", "image_size", "vlm_image_size",
-                       "query_token_ids", "vlm_config", "sam3_config"}
+                       "query_token_ids", "vlm_config", "sam3_config", "inference_mode", "dit_variant",
+                       "dit_text_source", "dit_freeze_encoder"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
