@@ -15,8 +15,8 @@ SAM3's ViT mixes windowed and global attention layers. The text tokens are appen
 keys and values: each window's patches read the instruction in every layer, the window partition is untouched and
 the cost grows by L keys per window, not with the image. The text tokens' own queries (E-DIT) attend over all
 patches of all windows plus the text, like the global tokens of sparse-attention transformers, so a word's update
-sees the whole image rather than one window. Text tokens get no rotary position (identity rotation): words have
-no place on the patch grid. Every layer runs SAM3's own weights (norms, projections, MLP); without text tokens
+sees the whole image rather than one window. Text tokens carry no position: a patch's score for a word leaves out
+the patch's rotary position too (`patch_attention_inputs`), so words have no place on the patch grid. Every layer runs SAM3's own weights (norms, projections, MLP); without text tokens
 the encoder computes exactly SAM3's ViT.
 """
 from __future__ import annotations
@@ -41,6 +41,25 @@ def _heads(linear: nn.Linear, x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return linear(x).unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
 
+def patch_attention_inputs(layer: Sam3ViTLayer, windows: torch.Tensor, text_normed: torch.Tensor, num_windows: int):
+    """Queries, keys and values for the patches of (B * nw, h, w, C) normed windows attending over their window and
+    the (B, L, C) normed text. Along the head dimension the queries are [rotated, plain], the patch keys
+    [rotated, 0] and the text keys [0, plain] (values as usual): patch-patch scores are SAM3's rotary ones, and
+    patch-text scores carry no position, so the text sits nowhere on the grid. The scale stays 1/sqrt(head_dim).
+    Also returns the plain patch keys and values, which the text's own queries read."""
+    attn = layer.attention
+    nh = attn.num_attention_heads
+    flat = windows.flatten(1, 2)
+    q, k, v = (_heads(proj, flat, nh) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    cos, sin = layer.rotary_emb(windows, layer.position_ids)
+    q_rot, k_rot = apply_rotary_pos_emb_2d(q, k, cos=cos, sin=sin)
+    tk = _heads(attn.k_proj, text_normed, nh).repeat_interleave(num_windows, 0)
+    tv = _heads(attn.v_proj, text_normed, nh).repeat_interleave(num_windows, 0)
+    queries = torch.cat([q_rot, q], -1)
+    keys = torch.cat([torch.cat([k_rot, torch.zeros_like(k_rot)], -1), torch.cat([torch.zeros_like(tk), tk], -1)], 2)
+    return queries, keys, torch.cat([v, tv], 2), k, v
+
+
 def layer_with_text(layer: Sam3ViTLayer, hidden: torch.Tensor, text: torch.Tensor | None,
                     text_mask: torch.Tensor | None, update_text: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One SAM3 ViT layer on (B, H, W, C) patch tokens with (B, L, C) text tokens taking part in its attention.
@@ -52,7 +71,8 @@ def layer_with_text(layer: Sam3ViTLayer, hidden: torch.Tensor, text: torch.Tenso
         return layer(hidden), text
     attn = layer.attention
     nh = attn.num_attention_heads
-    batch, height, width, channels = hidden.shape
+    dropout = attn.attention_dropout if layer.training else 0.0
+    batch, height, width, _ = hidden.shape
     residual = hidden
     normed = layer.layer_norm1(hidden)
     if layer.window_size > 0:
@@ -61,20 +81,14 @@ def layer_with_text(layer: Sam3ViTLayer, hidden: torch.Tensor, text: torch.Tenso
         windows = normed
     per_window = windows.shape[1] * windows.shape[2]
     num_windows = windows.shape[0] // batch
-    cos, sin = layer.rotary_emb(windows, layer.position_ids)
-    flat = windows.flatten(1, 2)
-    q, k = apply_rotary_pos_emb_2d(_heads(attn.q_proj, flat, nh), _heads(attn.k_proj, flat, nh), cos=cos, sin=sin)
-    v = _heads(attn.v_proj, flat, nh)
     text_normed = layer.layer_norm1(text)
-    tk, tv = _heads(attn.k_proj, text_normed, nh), _heads(attn.v_proj, text_normed, nh)
     keep = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device) if text_mask is None else text_mask.bool()
-    text_bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
+    text_bias = torch.zeros(keep.shape, dtype=normed.dtype, device=normed.device).masked_fill(~keep, float("-inf"))
 
     # patches: their window's keys plus the text's
+    queries, keys, values, k, v = patch_attention_inputs(layer, windows, text_normed, num_windows)
     bias = F.pad(text_bias, (per_window, 0)).repeat_interleave(num_windows, 0)[:, None, None]
-    out = F.scaled_dot_product_attention(
-        q, torch.cat([k, tk.repeat_interleave(num_windows, 0)], 2),
-        torch.cat([v, tv.repeat_interleave(num_windows, 0)], 2), attn_mask=bias, scale=attn.scaling)
+    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=bias, dropout_p=dropout, scale=attn.scaling)
     out = attn.o_proj(out.transpose(1, 2).reshape(windows.shape))
     if layer.window_size > 0:
         out = window_unpartition(out, layer.window_size, pad_hw, (height, width))
@@ -83,14 +97,19 @@ def layer_with_text(layer: Sam3ViTLayer, hidden: torch.Tensor, text: torch.Tenso
     if not update_text:
         return hidden, None
 
-    # text: every patch of every window (as the windows hold them) plus the text
-    def all_windows(x):  # (B * nw, heads, S, d) -> (B, heads, nw * S, d)
-        return x.unflatten(0, (batch, num_windows)).transpose(1, 2).flatten(2, 3)
+    # text: every real patch of every window (plain keys: no position) plus the text
+    def all_windows(x):  # (B * nw, ..., S, d) -> (B, ..., nw * S, d)
+        return x.unflatten(0, (batch, num_windows)).transpose(1, -3).flatten(-3, -2)
 
+    patch_bias = torch.zeros(batch, num_windows * per_window, dtype=normed.dtype, device=normed.device)
+    if layer.window_size > 0:  # the zero padding window_partition adds is no patch
+        real, _ = window_partition(torch.ones(batch, height, width, 1, device=normed.device), layer.window_size)
+        patch_bias = patch_bias.masked_fill(all_windows(real.flatten(1, 2)[:, None])[:, 0, :, 0] == 0, float("-inf"))
     tq = _heads(attn.q_proj, text_normed, nh)
     text_out = F.scaled_dot_product_attention(
-        tq, torch.cat([all_windows(k), tk], 2), torch.cat([all_windows(v), tv], 2),
-        attn_mask=F.pad(text_bias, (num_windows * per_window, 0))[:, None, None], scale=attn.scaling)
+        tq, torch.cat([all_windows(k), _heads(attn.k_proj, text_normed, nh)], 2),
+        torch.cat([all_windows(v), _heads(attn.v_proj, text_normed, nh)], 2),
+        attn_mask=torch.cat([patch_bias, text_bias], 1)[:, None, None], dropout_p=dropout, scale=attn.scaling)
     text = text + attn.o_proj(text_out.transpose(1, 2).flatten(2))
     text = text + layer.dropout(layer.mlp(layer.layer_norm2(text)))
     return hidden, text
@@ -119,7 +138,8 @@ class DITEncoder(nn.Module):
 
     def reset_parameters(self, std: float, init) -> None:
         """Projections into the ViT at std (as SAM3's own linears); adapters and L-DIT's output projection start
-        as the identity, so a fresh L-DIT prompts the detector exactly as SAM3's default prompting does."""
+        as the identity (a fresh L-DIT's *prompt* is SAM3's default one; its inserted tokens already change the image
+        features, whatever their scale, since each layer's norm rescales them)."""
         for lin in self.modules():
             if isinstance(lin, nn.Linear):
                 init.normal_(lin.weight, mean=0.0, std=std)
@@ -140,15 +160,15 @@ class DITEncoder(nn.Module):
         height = pixel_values.shape[-2] // vit.config.patch_size
         width = pixel_values.shape[-1] // vit.config.patch_size
         hidden = vit.layer_norm(hidden.view(batch, height, width, -1))
-        tokens = self.input_proj(text.to(hidden.dtype)) if self.variant == "end_to_end" else None
+        text = text.to(next(self.parameters()).dtype) if self.variant != "none" else text
+        tokens = self.input_proj(text) if self.variant == "end_to_end" else None
         for i, layer in enumerate(vit.layers):
             if self.variant == "end_to_end":
                 hidden, tokens = layer_with_text(layer, hidden, tokens, text_mask, update_text=True)
                 if self.layer_adapters is not None:
                     tokens = self.layer_adapters[i](tokens)
             elif self.variant == "layer_wise":
-                hidden, _ = layer_with_text(layer, hidden, self.layer_projs[i](text.to(hidden.dtype)), text_mask,
-                                            update_text=False)
+                hidden, _ = layer_with_text(layer, hidden, self.layer_projs[i](text), text_mask, update_text=False)
             else:
                 hidden = layer(hidden)
             if layers_out is not None:
@@ -157,7 +177,7 @@ class DITEncoder(nn.Module):
         if self.variant == "end_to_end":
             prompt = self.output_proj(tokens)
         elif self.variant == "layer_wise":
-            prompt = self.output_proj(text.to(hidden.dtype))
+            prompt = self.output_proj(text)
         else:
             prompt = text
         return hidden, prompt

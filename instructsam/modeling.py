@@ -107,6 +107,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, InstructSAMModel):
             init.normal_(module.query_bank, mean=0.0, std=std)
+            if module.dit is not None:  # it owns no parameter directly, so transformers' walk would skip it
+                module.dit.reset_parameters(std, init)
         elif isinstance(module, (QueryProjector, ReferenceProjector, DITEncoder)):
             module.reset_parameters(std, init)
         else:
@@ -181,6 +183,10 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
 
     # ---- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory, *args, **kwargs):
+        cfg = self.config
+        if cfg.inference_mode == "dit" and cfg.dit_text_source == "sam3" and self.sam3_tokenizer is None:
+            raise CheckpointError("a DIT model prompting with SAM3's text encoder needs its tokenizer to be saved: set "
+                                  "model.sam3_tokenizer (instructsam_tools.to_dit does)")
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(save_directory)

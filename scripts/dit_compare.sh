@@ -11,9 +11,7 @@
 #   bash scripts/dit_compare.sh [STEPS (default 800)] [SCORE_THRESHOLD (default 0.15)]
 # RUNS="l_dit e_dit" trains only those; THREADS=N sets torch's CPU threads (default 2).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$REPO/scripts/env.sh"
-cd "$REPO"
+cd "$(dirname "${BASH_SOURCE[0]}")/.." && source scripts/env.sh
 steps="${1:-800}"
 threshold="${2:-0.15}"
 threads="${THREADS:-2}"

@@ -47,7 +47,7 @@ def predict_groups(model, dataset, groups: list[list[int]], images_per_batch: in
     model.eval()
     for start in range(0, len(groups), images_per_batch):
         batch = collate_groups(dataset, groups[start:start + images_per_batch])
-        features = model.encode_image(batch.images)
+        features = model.encode_image(batch.images, tracker=False)
         output = model.segment(features, batch.instructions, image_index=batch.image_index, task=batch.tasks)
         predictions = model.postprocess(output, features.original_sizes, score_threshold=score_threshold)
         yield from zip(batch.samples, predictions)

@@ -104,7 +104,7 @@ class SegmentationStep(nn.Module):
 
     def forward(self, images, instructions: list[str], image_index: list[int], tasks: list[str],
                 denoise_boxes: torch.Tensor | None = None):
-        features = self.model.encode_image(images)
+        features = self.model.encode_image(images, tracker=False)  # no tracker here
         return self.model.segment(features, instructions, image_index=image_index, task=tasks, reuse_prefix=False,
                                   denoise_boxes=denoise_boxes)
 
