@@ -237,12 +237,14 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         so a batch must share one size) and SAM3's are resized on the uint8 image, as the published model's are.
         DIT mode: the detector's image features depend on the instruction, so a keyframe keeps SAM3's pixels for
         `segment` (one encoder pass per instruction there) and only the plain ViT runs here, for the tracker
-        (tracker=False skips it: the training path); the VLM's tower runs only for dit_text_source "vlm".
+        (tracker=False skips it: the training path); the VLM's tower runs only for dit_text_source "vlm". With
+        dit_variant "none" (SAM3's default prompting) the features are the plain ones, computed here once.
         """
         imgs = to_image_list(images)
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in imgs]
         cfg, device = self.config, self.device
         dit = cfg.inference_mode == "dit"
+        fused = dit and cfg.dit_variant != "none"  # image features that depend on the instruction
         image_embeds = deepstack = grid_thw = None
         if vlm and (not dit or cfg.dit_text_source == "vlm"):
             visual = self.vlm.model.visual
@@ -262,16 +264,16 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         with self._grad_context(self.detector.vision_encoder):
             sam_pixels = to_square_pixels(imgs, cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std, device,
                                           self.detector.dtype, quantize=cfg.inference_mode == "reference")
-            if vlm and not dit:
+            if vlm and not fused:
                 sam3_vision = self.detector.get_vision_features(pixel_values=sam_pixels)
-            elif dit and not tracker:
+            elif fused and not tracker:
                 sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=None)
             else:  # only the tracker reads these, through its own neck: skip the detector's FPN neck too
-                with torch.no_grad() if dit else contextlib.nullcontext():  # DIT trains the ViT in `segment`
+                with torch.no_grad() if fused else contextlib.nullcontext():  # DIT trains the ViT in `segment`
                     backbone = self.detector.vision_encoder.backbone(sam_pixels)
                 sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=backbone.last_hidden_state)
         return ImageFeatures(vlm_image_embeds=image_embeds, vlm_deepstack=deepstack, vlm_grid_thw=grid_thw,
-                             sam3=sam3_vision, original_sizes=sizes, sam3_pixels=sam_pixels if dit and vlm else None)
+                             sam3=sam3_vision, original_sizes=sizes, sam3_pixels=sam_pixels if fused and vlm else None)
 
     def _qwen_patches(self, imgs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if len({tuple(im.shape) for im in imgs}) > 1:
@@ -431,7 +433,11 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             instruction once, when it arrives, and reuses the tokens on every keyframe).
         max_new_tokens: reference mode: the answer's bound (default config.max_new_tokens); one-pass mode ignores it.
         """
-        keyframe_part = features.sam3_pixels if self.config.inference_mode == "dit" else features.vlm_image_embeds
+        if self.config.inference_mode == "dit":
+            fused = self.config.dit_variant != "none"
+            keyframe_part = features.sam3_pixels if fused else features.sam3.fpn_hidden_states
+        else:
+            keyframe_part = features.vlm_image_embeds
         if keyframe_part is None:
             raise ValueError("these image features were encoded without the VLM part (encode_image(..., vlm=False));"
                              " encode with vlm=True to segment")
@@ -508,6 +514,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             _, prompt_states = self._query_and_prompt_states(features, tokens, index, reuse_prefix)
             text = self.projector.prompt(prompt_states.to(self.query_bank.dtype))
             text_mask = tokens.prompt_mask.to(self.device).bool()
+        if cfg.dit_variant == "none":  # SAM3's default prompting: the image features are the cached, plain ones
+            return select_vision(features.sam3, index), text, text_mask
         vision_encoder = self.detector.vision_encoder
         pixels = features.sam3_pixels[index]
         with self._grad_context(vision_encoder, self.dit, self.projector, self.detector.text_encoder,

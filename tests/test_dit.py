@@ -366,3 +366,14 @@ def test_the_node_serves_a_dit_model():
     assert len(results[0].instances) > 0  # score threshold 0: every kept slot of SAM3's queries
     assert all(len(r.instances) for r in results[1:])  # tracked objects carried between keyframes
     assert node["model_version"] == "unversioned"
+
+
+@torch.no_grad()
+def test_sam3_default_prompting_encodes_each_image_once():
+    """dit_variant "none" (the baseline): the image features do not depend on the instruction, so they are computed
+    once by encode_image (as SAM3 caches them) and every instruction is decoded against them."""
+    model = load_dit("none")
+    features = model.encode_image(random_images(1))
+    assert features.sam3_pixels is None and features.sam3.fpn_hidden_states is not None
+    out = model.segment(features, INSTRUCTIONS[:2])
+    assert not torch.allclose(out.mask_logits[0], out.mask_logits[1])  # the prompt still decides the result
