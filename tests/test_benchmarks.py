@@ -14,7 +14,7 @@ import torch
 from model_fixtures import load_tiny, tiny_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = {"paths", "batching", "node", "scaling", "stream", "dit"}
+SECTIONS = {"paths", "batching", "node", "scaling", "stream", "dit", "alternatives"}
 
 
 def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
@@ -38,12 +38,16 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     dit = results["sections"]["dit"]["tiny"]  # DIT's per-instruction encoder cost beside InstructSAM's
     assert set(dit) == {"instructsam", "e_dit", "l_dit"}
     assert all(set(v["batched"]) == {"1", "4", "16"} and v["encoder"]["median_ms"] > 0 for v in dit.values())
+    alternatives = results["sections"]["alternatives"]["tiny"]  # the default beside (a)-(d), as ratios to it
+    assert list(alternatives) == ["default", "naive", "sam3_video", "agent", "reference"]
+    assert alternatives["default"]["frame_ratio"] == 1.0 and alternatives["reference"]["phrases"] >= 1
+    assert all(v["frame_ms"] > 0 and v["switch_ms"] > 0 for v in alternatives.values())
 
     targets = results["targets"]
-    # paths x2, batching, node x2, stream: one line each, every one with a verdict, all printed in the table
+    # paths x2, batching, node x2, stream, alternatives x3: one line each, every one with a verdict, all printed
     assert {(t["section"], t["config"]) for t in targets} == {
-        ("paths", "tiny"), ("batching", "tiny"), ("node", "any"), ("stream", "tiny")}
-    assert len(targets) == 6
+        ("paths", "tiny"), ("batching", "tiny"), ("node", "any"), ("stream", "tiny"), ("alternatives", "tiny")}
+    assert len(targets) == 9
     table = proc.stdout
     for t in targets:
         assert t["verdict"] in ("PASS", "FAIL")
@@ -52,7 +56,7 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     for plot in ("scaling_k.png", "scaling_objects.png", "stream_rss.png"):
         assert (out / plot).stat().st_size > 1000
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "## 7. DIT beside InstructSAM" in md and "| l_dit |" in md
+    assert "## 7. DIT beside InstructSAM" in md and "| l_dit |" in md and "## 8. The alternatives" in md
     assert "## Targets" in md and "python -m instructsam_tools.benchmarks" in md and "![stream_rss]" in md
     # the tracked frame is measured as the pipeline runs it (ViT + tracker neck): no projection beside it
     paths = results["sections"]["paths"]["tiny"]

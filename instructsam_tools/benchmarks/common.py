@@ -125,6 +125,16 @@ class ModelStore:
             to_dit(self.checkpoint(config), out, variant)
         return out
 
+    def official_checkpoint(self, config: str) -> Path:
+        """A checkpoint of `config`'s sizes in the published InstructSAM-2B layout (its facebook/sam3-style directory
+        beside it), scripted to keep writing phrases (instructsam_tools.official_tiny)."""
+        from instructsam_tools.official_tiny import build_official_tiny
+
+        out = self.root / f"{config}-official"
+        if not (out / "official" / "config.json").is_file():
+            build_official_tiny(out, phrases=2, num_queries=self.default_k(config), config_path=CONFIGS[config])
+        return out / "official"
+
     @staticmethod
     def default_k(config: str) -> int:
         from instructsam_tools.tiny import load_spec
@@ -171,13 +181,15 @@ def detection_kwargs(max_instances: int) -> dict:
     return {"score_threshold": 0.0, "nms_iou": 1.0, "max_instances": max_instances}
 
 
-def tracking_pipeline(model, num_objects: int, keyframe_interval: int):
+def tracking_pipeline(model, num_objects: int, keyframe_interval: int, max_new_tokens: int | None = None):
     """A one-camera FramePipeline whose keyframes yield `num_objects` detections and whose tracks are never dropped
-    (so the tracker carries exactly that many objects on every tracked frame)."""
+    (so the tracker carries exactly that many objects on every tracked frame). max_new_tokens: reference-mode
+    models' answer bound (default the pipeline's)."""
     from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 
+    extra = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     settings = PipelineSettings(keyframe_interval=keyframe_interval, lost_patience=10 ** 9,
-                                max_tracked=max(1, num_objects), **detection_kwargs(max(1, num_objects)))
+                                max_tracked=max(1, num_objects), **detection_kwargs(max(1, num_objects)), **extra)
     pipeline = FramePipeline(model, ["cam"], settings)
     pipeline.instructions.set(INSTRUCTIONS[0], camera="cam")
     return pipeline
