@@ -39,6 +39,20 @@ class ImageFeatures:
     def __len__(self) -> int:
         return len(self.original_sizes)
 
+    def image(self, i: int) -> "ImageFeatures":
+        """The features of image `i` alone (views, no copy): what one camera's frame of a batched encode gets."""
+        from instructsam.sam3_queries import select_vision
+
+        one = slice(i, i + 1)
+        pick = (lambda t: None if t is None else t[one])
+        return ImageFeatures(
+            vlm_image_embeds=pick(self.vlm_image_embeds),
+            vlm_deepstack=None if self.vlm_deepstack is None else [d[one] for d in self.vlm_deepstack],
+            vlm_grid_thw=pick(self.vlm_grid_thw),
+            sam3=select_vision(self.sam3, torch.tensor([i], device=self.sam3.last_hidden_state.device))
+            if self.sam3.last_hidden_state is not None else self.sam3,
+            original_sizes=self.original_sizes[one], sam3_pixels=pick(self.sam3_pixels))
+
 
 @dataclass
 class InstanceSetOutput(ModelOutput):

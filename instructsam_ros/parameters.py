@@ -82,6 +82,8 @@ PARAMS: tuple[Param, ...] = (
           range=(0, 100_000)),
     Param("max_new_tokens", 64, "models that write an answer first (the published InstructSAM-2B): at most this "
           "many tokens per keyframe", RUNTIME, range=(1, 4096)),
+    Param("batch_cameras", False, "encode the waiting frames of all cameras in one batched pass per round "
+          "(keyframes together, tracked frames together); BENCHMARKS.md section 9 has what it gains", RUNTIME),
     # process
     Param("autostart", True, "configure and activate at startup (false: wait for lifecycle transitions)",
           STARTUP),
@@ -90,7 +92,7 @@ BY_NAME = {p.name: p for p in PARAMS}
 # Parameters the node hands to the frame pipeline (PipelineSettings fields of the same name).
 PIPELINE_SETTINGS = ("default_task", "keyframe_interval", "keyframe_seconds", "score_threshold", "mask_threshold",
                      "nms_iou", "max_instances", "max_tracked", "match_iou", "lost_patience",
-                     "max_instruction_chars", "max_new_tokens")
+                     "max_instruction_chars", "max_new_tokens", "batch_cameras")
 
 
 def camera_param_defaults(camera: str) -> dict[str, Any]:

@@ -227,6 +227,40 @@ def test_two_cameras_with_different_instructions_never_mix(seeing_model, video):
     assert [summary(r) for r in got["front"]] == [summary(r) for r in reference]
 
 
+def test_batched_cameras_get_what_each_camera_gets_alone(seeing_model, video):
+    """step_batch: every waiting camera served in one round, the ViT run once per kind of frame over the batch; each
+    camera's results are those of its own pipeline (same ids, states and masks, up to float noise in the batch)."""
+    sizes = {"front": (128, 128), "left": (72, 96), "right": (96, 128)}
+    frames = {"front": video.frames, "left": random_images(10, sizes=((72, 96),), seed=5),
+              "right": random_images(10, sizes=((96, 128),), seed=6)}
+    settings = PipelineSettings(keyframe_interval=3, mask_threshold=0.5, **DETECT_ALL)
+    batched = FramePipeline(seeing_model, list(sizes), settings)
+    alone = {cam: FramePipeline(seeing_model, [cam], settings) for cam in sizes}
+    for cam in sizes:
+        for p in (batched, alone[cam]):
+            p.instructions.set("every solid disk" if cam == "front" else "the blue square", camera=cam)
+    got, firsts = {cam: [] for cam in sizes}, []
+    for t in range(8):
+        waiting = list(sizes) if t != 4 else ["front", "left"]  # one camera without a frame this round
+        for cam in waiting:
+            batched.submit(cam, frames[cam][t], frame=(cam, t))
+            alone[cam].submit(cam, frames[cam][t], frame=(cam, t))
+        results, failures = batched.step_batch()
+        assert not failures and sorted(r.camera for r in results) == sorted(waiting)
+        firsts.append(results[0].camera)
+        for r in results:
+            got[r.camera].append(r)
+            ref = alone[r.camera].step(r.camera)
+            assert [(i.id, i.state) for i in r.instances] == [(i.id, i.state) for i in ref.instances]
+            assert r.keyframe == ref.keyframe and (r.height, r.width) == sizes[r.camera]
+            for a, b in zip(r.instances, ref.instances):
+                union = (a.mask | b.mask).sum()
+                assert union == 0 or (a.mask & b.mask).sum() / union > 0.98
+    assert sum(len(r.instances) for rs in got.values() for r in rs) > 0
+    assert set(firsts) == set(sizes)  # the camera served first rotates: none always waits behind the others
+    assert batched.step_batch() == ([], [])  # nothing waiting: no work
+
+
 def test_a_bad_frame_is_refused_recorded_and_later_frames_are_served(model, video):
     p = FramePipeline(model, ["cam"], PipelineSettings(**DETECT_ALL))
     p.instructions.set("every solid disk")
@@ -406,3 +440,32 @@ def test_publishing_ten_times_faster_than_processing(model, video):
     slack_ms = 15.0  # thread switches between the publisher and the worker on a shared machine
     assert max(r.latency_ms for r in results) < 2 * longest + slack_ms
     assert [r.frame for r in results] == sorted(r.frame for r in results)  # never an older frame after a newer
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one_by_one", "batched"])
+def test_the_worker_loop_serves_every_camera_and_reports_a_failing_one(model, batch):
+    """run_worker, as the node and the bag replay run it, with and without batch_cameras: results for the good
+    cameras, a CameraStepError naming the one whose frame fails, and the loop ends when idle() says so."""
+    p = FramePipeline(model, ["a", "b", "c"], PipelineSettings(batch_cameras=batch, **DETECT_ALL))
+    for cam in "abc":
+        p.instructions.set("the red circle", camera=cam)
+    images = random_images(2, sizes=((64, 80),), seed=3)
+    real_encode = model.encode_image
+
+    def encode(frames, vlm=True, tracker=True):  # camera b's frames are the ones 33 rows high
+        frames = frames if isinstance(frames, list) else [frames]
+        if any(f.shape[0] == 33 for f in frames):
+            raise RuntimeError("the model failed on this frame")
+        return real_encode(frames, vlm=vlm, tracker=tracker)
+
+    model.encode_image = encode
+    try:
+        for cam in "abc":
+            p.submit(cam, images[0] if cam != "b" else np.zeros((33, 40, 3), np.uint8), frame=cam)
+        results, failures = [], []
+        p.run_worker(lambda: True, lambda: False, lambda r: results.append(r) or True, failures.append)
+    finally:
+        model.encode_image = real_encode
+    assert sorted(r.camera for r in results) == ["a", "c"]
+    assert [f.camera for f in failures] == ["b"] and "failed on this frame" in str(failures[0])
+    assert p.stats("b")["errors"] == 1 and p.stats("a")["errors"] == 0

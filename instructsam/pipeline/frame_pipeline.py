@@ -3,6 +3,8 @@ the bag evaluator) call it.
 
     submit(camera, image)  ─► latest-frame slot per camera (an unprocessed frame that is replaced counts as dropped)
     step_any() / step(cam) ─► take the newest frame ─► encode_image once (SAM3 ViT + VLM vision tokens)
+    step_batch()           ─► the newest frame of every camera that has one, encoded in one batched pass per kind
+                              (keyframes, tracked frames), then each camera's step as below
         keyframe? (scheduler.py)  yes ─► InstructSAM detect on those features ─► mask NMS ─► associate with
                                          tracks, re-condition SAM3's tracker on the detected masks (tracker_session.py)
                                   no  ─► SAM3 tracker step on the same features ─► mask NMS, lost/patience
@@ -53,6 +55,7 @@ class PipelineSettings:
     max_instruction_chars: int = DEFAULT_MAX_CHARS  # for the InstructionBook the pipeline creates itself
     match_iou: float = 0.3  # mask IoU from which a keyframe detection continues an existing track
     max_new_tokens: int = 64  # reference-mode models: the most tokens the VLM may write per keyframe
+    batch_cameras: bool = False  # run_worker: the waiting frames of all cameras through one batched encode
 
     def __post_init__(self) -> None:
         self.validate()
@@ -226,23 +229,17 @@ class FramePipeline:
         with cam.lock:
             instruction = self.instructions.get(camera)
             if instruction is None:
-                cam.tracker.reset()
-                cam.scheduler.reset()
-                with self._slots:
-                    cam.skipped += 1
-                    cam.tracks = cam.tracker_frames = 0
+                self._skip(cam)
                 return None
+            started = time.monotonic()
             try:
-                return self._process(cam, pending, instruction, self.settings)
+                settings = self.settings
+                return self._process(cam, pending, instruction, settings,
+                                     self._decide(cam, pending, instruction, started, settings), started)
             except Exception as err:
-                cam.tracker.reset()
-                cam.scheduler.reset()
-                with self._slots:
-                    cam.tracks = cam.tracker_frames = 0
-                    cam.errors += 1
-                    cam.last_error = f"{type(err).__name__}: {err}"
-                if type(err) in (InstructSAMInputError, ImageInputError, InstructionError):
-                    raise type(err)(f"camera {camera!r}: {err}") from err
+                failure = self._failed(cam, err, started)
+                if failure.error is not err:
+                    raise failure.error from err
                 raise
 
     def step_any(self) -> FrameResult | None:
@@ -268,12 +265,76 @@ class FramePipeline:
                 return result
         return None
 
+    def step_batch(self) -> tuple[list[FrameResult], list[CameraStepError]]:
+        """Process the newest frame of every camera that has one: the keyframes are encoded together in one
+        encode_image call, the tracked frames in another (SAM3's ViT once over the batch), then each camera runs its
+        detection or tracker step on its own slice of the features. Every waiting camera is served in the same
+        round, so none waits behind another's backlog. Returns the results and the failures (each camera's as in
+        step(); if a batched encode fails, its cameras are retried one by one, so a failure stays its camera's)."""
+        work = []
+        with self._slots:  # the cameras' steps after the encode run in turn: who goes first rotates every round
+            n = len(self._order)
+            order = [self._order[(self._next + i) % n] for i in range(n)]
+            self._next = (self._next + 1) % n
+            taken = [(name, self._cameras[name].pending) for name in order if self._cameras[name].pending is not None]
+            for name, _ in taken:
+                self._cameras[name].pending = None
+        results, failures = [], []
+        settings = self.settings
+        for name, pending in taken:
+            cam = self._cameras[name]
+            cam.lock.acquire()
+            instruction = self.instructions.get(name)
+            started = time.monotonic()
+            if instruction is None:
+                self._skip(cam)
+                cam.lock.release()
+                continue
+            try:
+                reason = self._decide(cam, pending, instruction, started, settings)
+            except Exception as err:
+                failures.append(self._failed(cam, err, started))
+                cam.lock.release()
+                continue
+            work.append((cam, pending, instruction, started, reason))
+        try:
+            encoded = {}
+            for keyframe in (True, False):
+                group = [w for w in work if bool(w[4]) == keyframe and (w[4] or len(w[0].tracker.tracks))]
+                if not group:
+                    continue
+                try:
+                    features = self.model.encode_image([w[1].image for w in group], vlm=keyframe)
+                except Exception:  # e.g. out of memory for the batch: each camera alone, as step() would
+                    continue
+                for i, w in enumerate(group):
+                    encoded[w[0].name] = features.image(i)
+            for cam, pending, instruction, started, reason in work:
+                try:
+                    results.append(self._process(cam, pending, instruction, settings, reason, started,
+                                                 encoded.pop(cam.name, None)))
+                except Exception as err:
+                    failures.append(self._failed(cam, err, started))
+        finally:
+            for cam, *_ in work:
+                cam.lock.release()
+        return results, failures
+
     def run_worker(self, keep_going: Callable[[], bool], idle: Callable[[], bool],
                    on_result: Callable[[FrameResult], bool], on_failure: Callable[[CameraStepError], None]) -> None:
-        """The worker loop of the node and of the bag replay: step_any() while keep_going(); on no pending frame,
-        idle() waits and says whether to go on; on_result(result) says whether to go on; a failed frame goes to
-        on_failure (the camera is named by the error, not guessed from counters)."""
+        """The worker loop of the node and of the bag replay: step_any() (settings.batch_cameras: step_batch()) while
+        keep_going(); on no pending frame, idle() waits and says whether to go on; on_result(result) says whether to
+        go on; a failed frame goes to on_failure (the camera is named by the error, not guessed from counters)."""
         while keep_going():
+            if self.settings.batch_cameras:
+                results, failures = self.step_batch()
+                for failure in failures:
+                    on_failure(failure)
+                if not results and not failures and not idle():
+                    return
+                if not all(on_result(r) for r in results):
+                    return
+                continue
             try:
                 result = self.step_any()
             except CameraStepError as failure:
@@ -285,11 +346,30 @@ class FramePipeline:
             elif not on_result(result):
                 return
 
-    @torch.no_grad()
-    def _process(self, cam: _Camera, pending: _Pending, instruction: ActiveInstruction,
-                 settings: PipelineSettings) -> FrameResult:
-        start = time.monotonic()
-        model = self.model
+    def _skip(self, cam: _Camera) -> None:
+        """A frame of a camera without an instruction: discarded, the camera's tracks freed."""
+        cam.tracker.reset()
+        cam.scheduler.reset()
+        with self._slots:
+            cam.skipped += 1
+            cam.tracks = cam.tracker_frames = 0
+
+    def _failed(self, cam: _Camera, err: Exception, started: float) -> CameraStepError:
+        """Record a failed frame (the camera reset: its next frame is a keyframe) and name the camera."""
+        cam.tracker.reset()
+        cam.scheduler.reset()
+        with self._slots:
+            cam.tracks = cam.tracker_frames = 0
+            cam.errors += 1
+            cam.last_error = f"{type(err).__name__}: {err}"
+        if type(err) in (InstructSAMInputError, ImageInputError, InstructionError):
+            err = type(err)(f"camera {cam.name!r}: {err}")
+        return CameraStepError(cam.name, err, started)
+
+    def _decide(self, cam: _Camera, pending: _Pending, instruction: ActiveInstruction, start: float,
+                settings: PipelineSettings) -> str:
+        """Whether this frame is a keyframe (the reason, "" for a tracked frame), resetting what a new resolution or
+        a new instruction invalidates."""
         if cam.image_size not in (None, pending.image.shape[:2]):
             # a new resolution: the tracker session is per size, so start over with a detection ("first")
             cam.scheduler.reset()
@@ -299,11 +379,19 @@ class FramePipeline:
         if reason == "instruction":
             cam.tracker.reset()  # a new instance set: new ids (the counter keeps going)
             cam.answer = ""
+        return reason
+
+    @torch.no_grad()
+    def _process(self, cam: _Camera, pending: _Pending, instruction: ActiveInstruction,
+                 settings: PipelineSettings, reason: str, start: float, features=None) -> FrameResult:
+        """One camera's frame after _decide: `features` are its frame's, when a batched encode made them."""
+        model = self.model
         if not reason and not len(cam.tracker.tracks):  # nothing to track until the next keyframe: no model work
             height, width = pending.image.shape[:2]
             tracks = []
         else:  # encode once; the detector and the tracker both use these features (the VLM's only on keyframes)
-            features = model.encode_image(pending.image, vlm=bool(reason))
+            if features is None:
+                features = model.encode_image(pending.image, vlm=bool(reason))
             height, width = features.original_sizes[0]
             tracks = self._detect_or_track(cam, features, instruction, settings, reason)
             del features  # nothing of this frame's tensors outlives the step (the session keeps its own copy)

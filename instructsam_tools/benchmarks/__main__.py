@@ -3,12 +3,14 @@
     python -m instructsam_tools.benchmarks [--config tiny|mid|both] [--repeats 5] [--stream-frames 10000]
                                      [--full-size | --no-full-size] [--out DIR] [--markdown BENCHMARKS.md]
                                      [--threads N]
-                                     [--sections paths,batching,node,scaling,stream,full_size,dit,alternatives]
+                                     [--sections paths,batching,node,scaling,stream,full_size,dit,alternatives,
+                                                 cameras]
 
 Sections (one module each): 1 paths, 2 batching (paths.py), 3 node overhead (node_section.py: the ROS layer's message
 building and publishing), 4 scaling, 5 stream, 6 full_size, 7 dit (DIT's per-instruction encoder cost beside
 InstructSAM's: dit_section.py), 8 alternatives (the default beside a full pass per frame, SAM3 alone, a SAM3-agent
-pipeline and the published model's mode: alternatives.py). Writes
+pipeline and the published model's mode: alternatives.py), 9 cameras (several cameras through one batched pass vs one
+after another: cameras.py). Writes
 DIR/benchmarks.json and the plots; --markdown writes the report (table, plots, commands).
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from instructsam_tools.benchmarks.common import ModelStore, Target, set_threads
 from instructsam_tools.benchmarks.writeup import format_table, make_plots, markdown
 
-SECTIONS = ("paths", "batching", "node", "scaling", "stream", "full_size", "dit", "alternatives")
+SECTIONS = ("paths", "batching", "node", "scaling", "stream", "full_size", "dit", "alternatives", "cameras")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m instructsam_tools
             stream.wait()  # not enough cores to run it beside the other sections without disturbing them
 
     for config in configs:
-        if not {"paths", "batching", "scaling", "dit", "alternatives"} & set(args.sections):
+        if not {"paths", "batching", "scaling", "dit", "alternatives", "cameras"} & set(args.sections):
             break
         t0 = time.perf_counter()
         model = store.load(config)
@@ -165,6 +167,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m instructsam_tools
 
             result, found = timed(f"{config} batching", lambda: run_batching(model, config, args.repeats))
             sections.setdefault("batching", {})[config] = result
+            targets += found
+        if "cameras" in args.sections:
+            from instructsam_tools.benchmarks.cameras import run_cameras
+
+            result, found = timed(f"{config} cameras", lambda: run_cameras(model, config, args.repeats))
+            sections.setdefault("cameras", {})[config] = result
             targets += found
         del model
         if "scaling" in args.sections:
