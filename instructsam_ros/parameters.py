@@ -82,6 +82,8 @@ PARAMS: tuple[Param, ...] = (
           range=(0, 100_000)),
     Param("max_new_tokens", 64, "models that write an answer first (the published InstructSAM-2B): at most this "
           "many tokens per keyframe", RUNTIME, range=(1, 4096)),
+    Param("tracker_memory_frames", 0, "past frames SAM3's tracker reads through memory attention (0: the "
+          "checkpoint's own, 7 for SAM3; fewer cost less, BENCHMARKS.md section 10)", RUNTIME, range=(0, 64)),
     Param("batch_cameras", False, "encode the waiting frames of all cameras in one batched pass per round "
           "(keyframes together, tracked frames together); BENCHMARKS.md section 9 has what it gains", RUNTIME),
     # process
@@ -92,7 +94,7 @@ BY_NAME = {p.name: p for p in PARAMS}
 # Parameters the node hands to the frame pipeline (PipelineSettings fields of the same name).
 PIPELINE_SETTINGS = ("default_task", "keyframe_interval", "keyframe_seconds", "score_threshold", "mask_threshold",
                      "nms_iou", "max_instances", "max_tracked", "match_iou", "lost_patience",
-                     "max_instruction_chars", "max_new_tokens", "batch_cameras")
+                     "max_instruction_chars", "max_new_tokens", "batch_cameras", "tracker_memory_frames")
 
 
 def camera_param_defaults(camera: str) -> dict[str, Any]:

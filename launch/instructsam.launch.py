@@ -41,6 +41,7 @@ ARGUMENTS = {
     "lost_patience": (int, "frames a lost track keeps its id"),
     "max_new_tokens": (int, "answer tokens per keyframe (models that write an answer first)"),
     "batch_cameras": (bool, "encode all cameras' waiting frames in one batched pass"),
+    "tracker_memory_frames": (int, "past frames the tracker reads (0: the checkpoint's own)"),
     "sam3_checkpoint": (str, "facebook/sam3 directory for a checkpoint in the published InstructSAM-2B layout"),
     "autostart": (bool, "configure and activate at startup"),
 }

@@ -14,7 +14,7 @@ import torch
 from model_fixtures import load_tiny, tiny_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = {"paths", "batching", "node", "scaling", "stream", "dit", "alternatives"}
+SECTIONS = {"paths", "batching", "node", "scaling", "stream", "dit", "alternatives", "cameras", "levers"}
 
 
 def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
@@ -23,7 +23,7 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
            "--stream-frames", "50", "--no-full-size", "--out", str(out), "--models", str(tiny_dir().parent),
            "--markdown", str(tmp_path / "BENCHMARKS.md")]
     env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = json.loads((out / "benchmarks.json").read_text())
@@ -42,12 +42,18 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     assert list(alternatives) == ["default", "naive", "sam3_video", "agent", "reference"]
     assert alternatives["default"]["frame_ratio"] == 1.0 and alternatives["reference"]["phrases"] >= 1
     assert all(v["frame_ms"] > 0 and v["switch_ms"] > 0 for v in alternatives.values())
+    cameras = results["sections"]["cameras"]["tiny"]  # 1/2/4 cameras, batched vs one after another
+    assert set(cameras) == {"1", "2", "4"} and all(v["batched"]["frames"] > 0 for v in cameras.values())
+    levers = results["sections"]["levers"]  # memory frames 7/4/2: cost at tiny, the shipped tracker's J&F
+    assert set(levers["cost"]["tiny"]) == set(levers["quality"]) == {"7", "4", "2"}
+    assert all(0 <= q["J&F"] <= 1 for q in levers["quality"].values())
 
     targets = results["targets"]
-    # paths x2, batching, node x2, stream, alternatives x3: one line each, every one with a verdict, all printed
+    # paths x2, batching, node x2, stream, alternatives x3, cameras: one line each, every one with a verdict
     assert {(t["section"], t["config"]) for t in targets} == {
-        ("paths", "tiny"), ("batching", "tiny"), ("node", "any"), ("stream", "tiny"), ("alternatives", "tiny")}
-    assert len(targets) == 9
+        ("paths", "tiny"), ("batching", "tiny"), ("node", "any"), ("stream", "tiny"), ("alternatives", "tiny"),
+        ("cameras", "tiny")}
+    assert len(targets) == 10
     table = proc.stdout
     for t in targets:
         assert t["verdict"] in ("PASS", "FAIL")
@@ -57,6 +63,7 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
         assert (out / plot).stat().st_size > 1000
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## 7. DIT beside InstructSAM" in md and "| l_dit |" in md and "## 8. The alternatives" in md
+    assert "## 9. Several cameras" in md and "## 10. Levers on a tracked frame" in md
     assert "## Targets" in md and "python -m instructsam_tools.benchmarks" in md and "![stream_rss]" in md
     # the tracked frame is measured as the pipeline runs it (ViT + tracker neck): no projection beside it
     paths = results["sections"]["paths"]["tiny"]

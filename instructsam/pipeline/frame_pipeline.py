@@ -32,7 +32,7 @@ from instructsam.preprocess import to_image_list
 from instructsam.pipeline.instructions import DEFAULT_MAX_CHARS, TASKS, ActiveInstruction, InstructionBook
 from instructsam.pipeline.model_interface import PipelineModel
 from instructsam.pipeline.scheduler import KeyframeScheduler, effective_params
-from instructsam.pipeline.tracker_session import LOST, CameraTracker, Track
+from instructsam.pipeline.tracker_session import LOST, CameraTracker, Track, set_memory_frames
 
 STATS_WINDOW = 256  # latencies kept per camera for the percentiles (a bounded deque: nothing grows per frame)
 TOKEN_CACHE_SIZE = 64  # (instruction, task) pairs kept tokenised: every camera's current one, and recent switches
@@ -56,6 +56,7 @@ class PipelineSettings:
     match_iou: float = 0.3  # mask IoU from which a keyframe detection continues an existing track
     max_new_tokens: int = 64  # reference-mode models: the most tokens the VLM may write per keyframe
     batch_cameras: bool = False  # run_worker: the waiting frames of all cameras through one batched encode
+    tracker_memory_frames: int = 0  # past frames SAM3's tracker reads (0: the checkpoint's own, 7 for SAM3)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -75,6 +76,7 @@ class PipelineSettings:
         check(self.lost_patience >= 0, "lost_patience", ">= 0")
         check(self.max_instruction_chars >= 1, "max_instruction_chars", ">= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
+        check(self.tracker_memory_frames >= 0, "tracker_memory_frames", ">= 0 (0: the checkpoint's own)")
         check(self.default_task in TASKS, "default_task", f"one of {TASKS}")
 
 
@@ -163,6 +165,7 @@ class FramePipeline:
         self._slots = threading.Lock()  # pending slots, counters, round-robin position
         self._token_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._token_lock = threading.Lock()
+        set_memory_frames(model, self.settings.tracker_memory_frames)
 
     def _tokens(self, text: str, task: str):
         """The instruction's tokens as segment() takes them, encoded once (when the instruction arrives) and reused
@@ -450,6 +453,8 @@ class FramePipeline:
         if unknown:
             raise ValueError(f"unknown pipeline setting(s) {unknown}; known: {sorted(names)}")
         self.settings = dataclasses.replace(self.settings, **changes)  # validated in __post_init__; atomic swap
+        if "tracker_memory_frames" in changes:
+            set_memory_frames(self.model, self.settings.tracker_memory_frames)
         return self.settings
 
     def reset(self, camera: str | None = None) -> None:

@@ -218,6 +218,18 @@ def mask_prompt(mask, image_size: int, device) -> torch.Tensor:
     return (square > 0.5).to(torch.float32)
 
 
+def set_memory_frames(model, frames: int) -> int:
+    """How many past frames SAM3's tracker reads through memory attention (its memory bank, a cost lever: memory
+    attention runs over every kept frame's features once per object). 0 = the checkpoint's own num_maskmem (7 in
+    facebook/sam3); more than that is capped at it. Conditioning frames (keyframes) are read as well. Returns the
+    value in effect. Model-wide: every camera's tracker reads the same number."""
+    own = int(model.tracker.config.num_maskmem)
+    if frames < 0:
+        raise ValueError(f"memory frames must be >= 0 (0: the checkpoint's {own}), got {frames}")
+    model.tracker.num_maskmem = own if frames == 0 else min(frames, own)
+    return model.tracker.num_maskmem
+
+
 def new_streaming_session(model, height: int, width: int):
     """An empty `Sam3TrackerVideoInferenceSession` for height x width frames, all on the model's device: what the
     pipeline's TrackerSession wraps and what tracker training runs through."""

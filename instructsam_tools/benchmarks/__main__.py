@@ -4,13 +4,14 @@
                                      [--full-size | --no-full-size] [--out DIR] [--markdown BENCHMARKS.md]
                                      [--threads N]
                                      [--sections paths,batching,node,scaling,stream,full_size,dit,alternatives,
-                                                 cameras]
+                                                 cameras,levers]
 
 Sections (one module each): 1 paths, 2 batching (paths.py), 3 node overhead (node_section.py: the ROS layer's message
 building and publishing), 4 scaling, 5 stream, 6 full_size, 7 dit (DIT's per-instruction encoder cost beside
 InstructSAM's: dit_section.py), 8 alternatives (the default beside a full pass per frame, SAM3 alone, a SAM3-agent
 pipeline and the published model's mode: alternatives.py), 9 cameras (several cameras through one batched pass vs one
-after another: cameras.py). Writes
+after another: cameras.py), 10 levers (a tracked frame's cost levers, cost and tracking quality side by side:
+levers.py). Writes
 DIR/benchmarks.json and the plots; --markdown writes the report (table, plots, commands).
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 from instructsam_tools.benchmarks.common import ModelStore, Target, set_threads
 from instructsam_tools.benchmarks.writeup import format_table, make_plots, markdown
 
-SECTIONS = ("paths", "batching", "node", "scaling", "stream", "full_size", "dit", "alternatives", "cameras")
+SECTIONS = ("paths", "batching", "node", "scaling", "stream", "full_size", "dit", "alternatives", "cameras",
+            "levers")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m instructsam_tools
             stream.wait()  # not enough cores to run it beside the other sections without disturbing them
 
     for config in configs:
-        if not {"paths", "batching", "scaling", "dit", "alternatives", "cameras"} & set(args.sections):
+        if not {"paths", "batching", "scaling", "dit", "alternatives", "cameras", "levers"} & set(args.sections):
             break
         t0 = time.perf_counter()
         model = store.load(config)
@@ -168,6 +170,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m instructsam_tools
             result, found = timed(f"{config} batching", lambda: run_batching(model, config, args.repeats))
             sections.setdefault("batching", {})[config] = result
             targets += found
+        if "levers" in args.sections:
+            from instructsam_tools.benchmarks.levers import tracked_cost
+
+            sections.setdefault("levers", {}).setdefault("cost", {})[config] = timed(
+                f"{config} levers", lambda: tracked_cost(model, args.repeats))
         if "cameras" in args.sections:
             from instructsam_tools.benchmarks.cameras import run_cameras
 
@@ -191,6 +198,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m instructsam_tools
             result, found = timed(f"{config} alternatives", lambda: run_alternatives(store, config, args.repeats))
             sections.setdefault("alternatives", {})[config] = result
             targets += found
+
+    if "levers" in args.sections:
+        from instructsam import resources
+        from instructsam_tools.benchmarks.levers import tracker_quality
+
+        sections.setdefault("levers", {})["quality"] = timed("levers quality", lambda: tracker_quality(
+            resources.find("checkpoints/instructsam-tiny", "the shipped checkpoint")))
 
     if "node" in args.sections:
         from instructsam_tools.benchmarks.node_section import run_node

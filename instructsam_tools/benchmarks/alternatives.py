@@ -35,7 +35,8 @@ AGENT_TOKENS = 16
 def pipeline_per_frame(model, repeats: int, max_new_tokens: int | None = None) -> tuple[float, int]:
     """Mean FrameResult.processing_ms over `repeats` whole keyframe cycles after a warm-up cycle."""
     frames = moving_shapes(2 * KEYFRAME_INTERVAL, *FRAME_SIZE)
-    pipeline = tracking_pipeline(model, NUM_OBJECTS, KEYFRAME_INTERVAL, max_new_tokens=max_new_tokens)
+    extra = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    pipeline = tracking_pipeline(model, NUM_OBJECTS, KEYFRAME_INTERVAL, **extra)
     run_frames(pipeline, frames, KEYFRAME_INTERVAL + 1)
     results = run_frames(pipeline, frames, KEYFRAME_INTERVAL * max(1, repeats), start=KEYFRAME_INTERVAL + 1)
     return sum(r.processing_ms for r in results) / len(results), len(results[-1].instances)

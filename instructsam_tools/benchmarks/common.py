@@ -181,15 +181,14 @@ def detection_kwargs(max_instances: int) -> dict:
     return {"score_threshold": 0.0, "nms_iou": 1.0, "max_instances": max_instances}
 
 
-def tracking_pipeline(model, num_objects: int, keyframe_interval: int, max_new_tokens: int | None = None):
+def tracking_pipeline(model, num_objects: int, keyframe_interval: int, **settings):
     """A one-camera FramePipeline whose keyframes yield `num_objects` detections and whose tracks are never dropped
-    (so the tracker carries exactly that many objects on every tracked frame). max_new_tokens: reference-mode
-    models' answer bound (default the pipeline's)."""
+    (so the tracker carries exactly that many objects on every tracked frame). settings: further PipelineSettings
+    (e.g. max_new_tokens, tracker_memory_frames)."""
     from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
 
-    extra = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     settings = PipelineSettings(keyframe_interval=keyframe_interval, lost_patience=10 ** 9,
-                                max_tracked=max(1, num_objects), **detection_kwargs(max(1, num_objects)), **extra)
+                                max_tracked=max(1, num_objects), **detection_kwargs(max(1, num_objects)), **settings)
     pipeline = FramePipeline(model, ["cam"], settings)
     pipeline.instructions.set(INSTRUCTIONS[0], camera="cam")
     return pipeline

@@ -88,6 +88,9 @@ def _counted(fn):
     return count, result, peak, time.perf_counter() - start
 
 
+MEMORY_FRAMES = (4, 2)  # tracker_memory_frames settings counted beside the checkpoint's own 7
+
+
 def run_full_size(num_objects: int = NUM_OBJECTS, warm_frames: int = 8, log=print) -> dict:
     t0 = time.perf_counter()
     model, table = build_shell()
@@ -123,6 +126,14 @@ def run_full_size(num_objects: int = NUM_OBJECTS, warm_frames: int = 8, log=prin
         raise RuntimeError(f"expected a tracked frame with {num_objects} objects, got keyframe={tracked.keyframe}, "
                            f"{len(tracked.instances)} instances")
     record("tracked frame", count, peak, seconds)
+    for frames_kept in MEMORY_FRAMES:  # the memory-bank lever: the tracker reading fewer past frames
+        pipeline.update_settings(tracker_memory_frames=frames_kept)
+        count, lever, peak, seconds = _counted(
+            lambda: (pipeline.submit("cam", frames[1]), pipeline.step("cam"))[1])
+        if lever.keyframe:
+            raise RuntimeError("expected a tracked frame")
+        record(f"tracked frame, {frames_kept} memory frames", count, peak, seconds)
+    pipeline.update_settings(tracker_memory_frames=0)
     pipeline.update_settings(keyframe_interval=1)
     count, key, peak, seconds = _counted(lambda: (pipeline.submit("cam", frames[2]), pipeline.step("cam"))[1])
     if not key.keyframe:

@@ -53,10 +53,11 @@ def model_paths(model, repeats: int, num_objects: int = NUM_OBJECTS, encoders: b
 
 
 def pipeline_paths(model, repeats: int, num_objects: int = NUM_OBJECTS,
-                   keyframe_interval: int = KEYFRAME_INTERVAL) -> dict[str, Timing]:
-    """Keyframe and tracked-frame processing time (FrameResult.processing_ms) in steady state."""
+                   keyframe_interval: int = KEYFRAME_INTERVAL, **settings) -> dict[str, Timing]:
+    """Keyframe and tracked-frame processing time (FrameResult.processing_ms) in steady state (settings: further
+    PipelineSettings)."""
     frames = moving_shapes(2 * keyframe_interval, *FRAME_SIZE)
-    pipeline = tracking_pipeline(model, num_objects, keyframe_interval)
+    pipeline = tracking_pipeline(model, num_objects, keyframe_interval, **settings)
     run_frames(pipeline, frames, keyframe_interval + 1)  # first keyframe, a memory to track from, one more keyframe
     results = run_frames(pipeline, frames, keyframe_interval * max(1, repeats), start=keyframe_interval + 1)
     keyframes = [r.processing_ms for r in results if r.keyframe]

@@ -306,6 +306,38 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
                 for c, d in s["cameras"].items() for n, v in d.items()]
         out += [_md_table(["config", "cameras", "sequential frames/s", "batched frames/s", "speed-up",
                            "latency spread"], rows), ""]
+    if "levers" in s:
+        from instructsam_tools.benchmarks.levers import QUALITY_FRAMES, QUALITY_VIDEOS
+
+        d = s["levers"]
+        full = s.get("full_size", {}).get("phases", {})
+        settings = sorted({k for c in d.get("cost", {}).values() for k in c} | set(d.get("quality", {})),
+                          key=int, reverse=True)
+        configs = list(d.get("cost", {}))
+        rows = []
+        for n in settings:
+            row = [n]
+            for c in configs:
+                v = d["cost"][c].get(n)
+                row.append("" if v is None else f"{v['tracked_ms']:.1f} ({v['tracked_ms'] / v['keyframe_ms']:.2f})")
+            name = "tracked frame" if n == max(settings, key=int) else f"tracked frame, {n} memory frames"
+            if full and name in full:
+                row.append(f"{full[name]['tflop']:.2f} ({full[name]['tflop'] / full['keyframe']['tflop']:.2f})")
+            elif full:
+                row.append("")
+            q = d.get("quality", {}).get(n)
+            row += ["" if q is None else f"{q['J&F']:.3f}", "" if q is None or q["object_overlap"] is None
+                    else f"{q['object_overlap']:.3f}"]
+            rows.append(row)
+        header = (["memory frames the tracker reads"] + [f"{c}: tracked ms (/ keyframe)" for c in configs]
+                  + (["full size: tracked TFLOP (/ keyframe)"] if full else [])
+                  + [f"tracker J&F (shipped model, {QUALITY_VIDEOS} test videos x {QUALITY_FRAMES} frames)",
+                     "object_overlap"])
+        out += ["## 10. Levers on a tracked frame: cost beside tracking quality", "",
+                "tracker_memory_frames (node parameter): the past frames SAM3's tracker reads through memory "
+                "attention, once per tracked object (the checkpoint's own is 7; keyframes it was conditioned on are "
+                "read as well). Cost at each size with random weights; quality with the shipped model.", "",
+                _md_table(header, rows), ""]
     if plots:
         out += ["## Plots", ""]
         for p in plots:

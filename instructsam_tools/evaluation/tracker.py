@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from instructsam.pipeline.tracker_session import TrackerSession, mask_iou
+from instructsam.pipeline.tracker_session import TrackerSession, mask_iou, set_memory_frames
 from instructsam_tools.data.batching import build_dataset, first_frame_objects
 from instructsam_tools.evaluation.video import boundary_fmeasure, region_similarity
 
@@ -118,14 +118,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
     parser.add_argument("--mask-threshold", type=float, default=None, help="default: the checkpoint's")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-frames", type=int, default=0,
+                        help="past frames the tracker reads (0: the checkpoint's own num_maskmem)")
     parser.add_argument("--out", default=None, help="directory for metrics.json and metrics.md")
     args = parser.parse_args(argv)
     if not args.data.startswith("synthetic_video:"):
         parser.error(f"--data must be synthetic_video:SPLIT[:N], got {args.data!r}")
     model = load_model(args.checkpoint, args.device)
+    memory = set_memory_frames(model, args.memory_frames)
     videos = build_dataset(args.data, image_size=args.image_size, seed=args.seed, clip_frames=args.frames)
     summary = evaluate_tracker(model, videos, mask_threshold=args.mask_threshold)
-    summary.update(checkpoint=str(args.checkpoint), data=args.data)
+    summary.update(checkpoint=str(args.checkpoint), data=args.data, memory_frames=memory)
     text = markdown(summary, args.checkpoint, args.data)
     if args.out:
         out = Path(args.out)
