@@ -67,9 +67,9 @@ def component_table(model: InstructSAMModel) -> list[tuple[str, int]]:
 
 
 def build_random(spec: dict, sam3_size: int | None, vlm_size: int | None, dtype: torch.dtype,
-                 meta: bool = False) -> InstructSAMModel:
+                 meta: bool = False, device: str | None = None) -> InstructSAMModel:
     """The composition a model yaml describes, with random weights in `dtype` (meta=True: on the meta device, only
-    shapes; the benchmark's FLOP counter never reads the weights)."""
+    shapes; the benchmark's FLOP counter never reads the weights), initialised on `device` (default the CPU)."""
     tokenizer = train_tiny_tokenizer(spec["tokenizer"]["vocab_size"], seed=spec.get("seed", 0))
     vlm_config = vlm_config_from_spec(spec, tokenizer)
     sam3_config = sam3_config_from_spec(spec)
@@ -84,7 +84,8 @@ def build_random(spec: dict, sam3_size: int | None, vlm_size: int | None, dtype:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise directly in the target dtype: no fp32 copy at full size
     try:
-        with torch.device("meta") if meta else contextlib.nullcontext():
+        where = "meta" if meta else device
+        with torch.device(where) if where else contextlib.nullcontext():
             model = InstructSAMModel(config)
     finally:
         torch.set_default_dtype(previous)

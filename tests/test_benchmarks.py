@@ -158,3 +158,17 @@ def test_fast_rle_encoding_is_byte_identical_to_pycocotools():
         masks.append(rng.random((h, w)) > rng.random())
     for m in masks:
         assert encode_mask(m) == reference(m)
+
+
+def test_the_gpu_script_runs_its_measurements_on_the_cpu_at_tiny_size(tmp_path):
+    """The prepared GPU run (python -m instructsam_tools.benchmarks.gpu) is checked here on the CPU at tiny size, so
+    a machine with a GPU only has to run it."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "-m", "instructsam_tools.benchmarks.gpu", "--config",
+                           "config/model_tiny.yaml", "--device", "cpu", "--dtype", "float32", "--repeats", "1",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    eager = json.loads(out.read_text())["eager"]
+    assert eager["tracked_objects"] == 4 and eager["peak_memory_gb"] is None
+    assert all(eager[k] > 0 for k in ("keyframe_ms", "tracked_ms", "switch_ms", "4_cameras_sequential_fps",
+                                      "4_cameras_batched_fps"))
