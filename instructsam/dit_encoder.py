@@ -16,8 +16,8 @@ keys and values: each window's patches read the instruction in every layer, the 
 the cost grows by L keys per window, not with the image. The text tokens' own queries (E-DIT) attend over all
 patches of all windows plus the text, like the global tokens of sparse-attention transformers, so a word's update
 sees the whole image rather than one window. Text tokens carry no position: a patch's score for a word leaves out
-the patch's rotary position too (`patch_attention_inputs`), so words have no place on the patch grid. Every layer runs SAM3's own weights (norms, projections, MLP); without text tokens
-the encoder computes exactly SAM3's ViT.
+the patch's rotary position too (`patch_attention_inputs`), so words have no place on the patch grid. Every layer
+runs SAM3's own weights (norms, projections, MLP); without text tokens the encoder computes exactly SAM3's ViT.
 """
 from __future__ import annotations
 
@@ -34,8 +34,6 @@ from transformers.models.sam3.modeling_sam3 import (
 
 from instructsam.config import DIT_VARIANTS
 
-
-
 def _heads(linear: nn.Linear, x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, S, C) -> (B, heads, S, C / heads)."""
     return linear(x).unflatten(-1, (num_heads, -1)).transpose(1, 2)
@@ -46,18 +44,19 @@ def patch_attention_inputs(layer: Sam3ViTLayer, windows: torch.Tensor, text_norm
     the (B, L, C) normed text. Along the head dimension the queries are [rotated, plain], the patch keys
     [rotated, 0] and the text keys [0, plain] (values as usual): patch-patch scores are SAM3's rotary ones, and
     patch-text scores carry no position, so the text sits nowhere on the grid. The scale stays 1/sqrt(head_dim).
-    Also returns the plain patch keys and values, which the text's own queries read."""
+    Also returns the plain patch keys and values and the text's own (B, heads, L, d) keys and values, which the
+    text's queries read."""
     attn = layer.attention
     nh = attn.num_attention_heads
     flat = windows.flatten(1, 2)
     q, k, v = (_heads(proj, flat, nh) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
     cos, sin = layer.rotary_emb(windows, layer.position_ids)
     q_rot, k_rot = apply_rotary_pos_emb_2d(q, k, cos=cos, sin=sin)
-    tk = _heads(attn.k_proj, text_normed, nh).repeat_interleave(num_windows, 0)
-    tv = _heads(attn.v_proj, text_normed, nh).repeat_interleave(num_windows, 0)
+    text_k, text_v = _heads(attn.k_proj, text_normed, nh), _heads(attn.v_proj, text_normed, nh)
+    tk, tv = text_k.repeat_interleave(num_windows, 0), text_v.repeat_interleave(num_windows, 0)
     queries = torch.cat([q_rot, q], -1)
     keys = torch.cat([torch.cat([k_rot, torch.zeros_like(k_rot)], -1), torch.cat([torch.zeros_like(tk), tk], -1)], 2)
-    return queries, keys, torch.cat([v, tv], 2), k, v
+    return queries, keys, torch.cat([v, tv], 2), (k, v), (text_k, text_v)
 
 
 def layer_with_text(layer: Sam3ViTLayer, hidden: torch.Tensor, text: torch.Tensor | None,
@@ -86,7 +85,7 @@ def layer_with_text(layer: Sam3ViTLayer, hidden: torch.Tensor, text: torch.Tenso
     text_bias = torch.zeros(keep.shape, dtype=normed.dtype, device=normed.device).masked_fill(~keep, float("-inf"))
 
     # patches: their window's keys plus the text's
-    queries, keys, values, k, v = patch_attention_inputs(layer, windows, text_normed, num_windows)
+    queries, keys, values, (k, v), (text_k, text_v) = patch_attention_inputs(layer, windows, text_normed, num_windows)
     bias = F.pad(text_bias, (per_window, 0)).repeat_interleave(num_windows, 0)[:, None, None]
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=bias, dropout_p=dropout, scale=attn.scaling)
     out = attn.o_proj(out.transpose(1, 2).reshape(windows.shape))
@@ -107,8 +106,7 @@ def layer_with_text(layer: Sam3ViTLayer, hidden: torch.Tensor, text: torch.Tenso
         patch_bias = patch_bias.masked_fill(all_windows(real.flatten(1, 2)[:, None])[:, 0, :, 0] == 0, float("-inf"))
     tq = _heads(attn.q_proj, text_normed, nh)
     text_out = F.scaled_dot_product_attention(
-        tq, torch.cat([all_windows(k), _heads(attn.k_proj, text_normed, nh)], 2),
-        torch.cat([all_windows(v), _heads(attn.v_proj, text_normed, nh)], 2),
+        tq, torch.cat([all_windows(k), text_k], 2), torch.cat([all_windows(v), text_v], 2),
         attn_mask=torch.cat([patch_bias, text_bias], 1)[:, None, None], dropout_p=dropout, scale=attn.scaling)
     text = text + attn.o_proj(text_out.transpose(1, 2).flatten(2))
     text = text + layer.dropout(layer.mlp(layer.layer_norm2(text)))

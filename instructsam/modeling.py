@@ -145,16 +145,13 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         `config.unfreeze_modules` prefixes trainable on top."""
         cfg = self.config
         require_parameter_prefixes(self, cfg.unfreeze_modules, "unfreeze_modules")
-        dit_encoder = cfg.inference_mode == "dit" and not cfg.dit_freeze_encoder
         unused = ()  # DIT decodes with SAM3's own queries: the query bank and its projector stay as they are
         if cfg.inference_mode == "dit":
             unused = ("query_bank", "projector.query_", "projector.box_mlp.", "projector.reference_logits")
             if cfg.dit_text_source == "sam3":
                 unused += ("vlm.", "projector.")
         for name, p in self.named_parameters():
-            if dit_encoder and name.startswith(DIT_ENCODER_PREFIX):
-                trainable = True
-            elif name.startswith(unused):
+            if name.startswith(unused):
                 trainable = False
             elif name.startswith("sam3."):
                 trainable = not cfg.freeze_sam3
@@ -166,8 +163,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                 trainable = True
             if any(name.startswith(prefix) for prefix in cfg.unfreeze_modules):
                 trainable = True
-            if cfg.inference_mode == "dit" and cfg.dit_freeze_encoder and name.startswith(DIT_ENCODER_PREFIX):
-                trainable = False  # DIT's frozen-encoder rows, whatever unfreeze_modules says about the detector
+            if cfg.inference_mode == "dit" and name.startswith(DIT_ENCODER_PREFIX):
+                trainable = not cfg.dit_freeze_encoder  # DIT's own setting, whatever freeze_sam3/unfreeze_modules say
             p.requires_grad_(trainable)
 
     def train(self, mode: bool = True):

@@ -98,7 +98,7 @@ def test_text_tokens_have_no_position_on_the_patch_grid():
         token = torch.randn(c, generator=torch.Generator().manual_seed(3))
         windows = layer.layer_norm1(token.expand(1, side, side, c))  # the same patch everywhere
         text = layer.layer_norm1(torch.randn(1, 2, c, generator=torch.Generator().manual_seed(4)))
-        queries, keys, _, _, _ = patch_attention_inputs(layer, windows, text, num_windows=1)
+        queries, keys, *_ = patch_attention_inputs(layer, windows, text, num_windows=1)
         scores = queries @ keys.transpose(-1, -2)  # (1, heads, S, S + 2)
         to_text = scores[..., side * side:]
         torch.testing.assert_close(to_text, to_text[:, :, :1].expand_as(to_text), rtol=0, atol=1e-5)

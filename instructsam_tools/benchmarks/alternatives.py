@@ -2,8 +2,8 @@
 same config sizes (random weights: cost, not accuracy). Per frame and per instruction switch, as ratios to the
 package's default; 640x480 frames, NUM_OBJECTS objects where a method tracks or keeps objects.
 
-    default        FramePipeline at the node's default keyframe interval (KEYFRAME_INTERVAL): a keyframe, then SAM3's
-                   tracker on the frames between (per frame: the mean over whole cycles); switch: segment +
+    default        FramePipeline at the node's default keyframe interval (NODE_KEYFRAME_INTERVAL): a keyframe,
+                   then SAM3's tracker on the frames between (per frame: the mean over whole cycles); switch: segment +
                    postprocess of a new instruction on the keyframe's cached features
     (a) naive      a full InstructSAM pass on every frame (encode_image + segment + postprocess); a switch is one pass
     (b) SAM3 video transformers' Sam3VideoModel streaming with the instruction as its text prompt: SAM3's detector on
@@ -23,22 +23,21 @@ import torch
 from instructsam.attention import CAUSAL
 from instructsam.preprocess import patchify_for_qwen, to_image_list, to_square_pixels
 from instructsam_tools.benchmarks.common import (
-    FRAME_SIZE, INSTRUCTIONS, Target, Timing, detection_kwargs, moving_shapes, run_frames, time_ms, tracking_pipeline,
+    FRAME_SIZE, INSTRUCTIONS, NODE_KEYFRAME_INTERVAL, NUM_OBJECTS, Target, Timing, detection_kwargs, moving_shapes,
+    run_frames, time_ms, tracking_pipeline,
 )
 from instructsam_tools.benchmarks.paths import model_paths
 
-KEYFRAME_INTERVAL = 10  # the node's default (config/instructsam.yaml)
-NUM_OBJECTS = 4
 AGENT_TOKENS = 16
 
 
 def pipeline_per_frame(model, repeats: int, max_new_tokens: int | None = None) -> tuple[float, int]:
     """Mean FrameResult.processing_ms over `repeats` whole keyframe cycles after a warm-up cycle."""
-    frames = moving_shapes(2 * KEYFRAME_INTERVAL, *FRAME_SIZE)
+    frames = moving_shapes(2 * NODE_KEYFRAME_INTERVAL, *FRAME_SIZE)
     extra = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    pipeline = tracking_pipeline(model, NUM_OBJECTS, KEYFRAME_INTERVAL, **extra)
-    run_frames(pipeline, frames, KEYFRAME_INTERVAL + 1)
-    results = run_frames(pipeline, frames, KEYFRAME_INTERVAL * max(1, repeats), start=KEYFRAME_INTERVAL + 1)
+    pipeline = tracking_pipeline(model, NUM_OBJECTS, NODE_KEYFRAME_INTERVAL, **extra)
+    run_frames(pipeline, frames, NODE_KEYFRAME_INTERVAL + 1)
+    results = run_frames(pipeline, frames, NODE_KEYFRAME_INTERVAL * max(1, repeats), start=NODE_KEYFRAME_INTERVAL + 1)
     return sum(r.processing_ms for r in results) / len(results), len(results[-1].instances)
 
 
@@ -46,7 +45,7 @@ def sam3_video(sam3, tokenizer, repeats: int) -> dict:
     """transformers' SAM3 video streaming path with a text prompt: per-frame and first-frame (switch) medians."""
     from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
-    frames = moving_shapes(2 * KEYFRAME_INTERVAL, *FRAME_SIZE)
+    frames = moving_shapes(2 * NODE_KEYFRAME_INTERVAL, *FRAME_SIZE)
     cfg = sam3.config
     size = cfg.detector_config.vision_config.backbone_config.image_size
     pixels = [to_square_pixels(to_image_list(f), size, [0.5] * 3, [0.5] * 3, sam3.device, sam3.dtype)[0]
@@ -73,7 +72,7 @@ def sam3_video(sam3, tokenizer, repeats: int) -> dict:
         first.samples = first.samples[1:]  # the first session warms up
         i = iter(range(1, 10 ** 9))
         steady = time_ms(lambda: sam3(inference_session=s, frame=pixels[next(i) % len(pixels)]),
-                         KEYFRAME_INTERVAL * max(1, repeats), warmup=KEYFRAME_INTERVAL)
+                         NODE_KEYFRAME_INTERVAL * max(1, repeats), warmup=NODE_KEYFRAME_INTERVAL)
     return {"frame": steady.as_dict(), "switch": first.as_dict(), "objects": len(s.obj_ids)}
 
 
@@ -144,4 +143,4 @@ def run_alternatives(store, config: str, repeats: int) -> tuple[dict, list[Targe
     return result, targets
 
 
-__all__ = ["run_alternatives", "KEYFRAME_INTERVAL", "AGENT_TOKENS"]
+__all__ = ["run_alternatives", "AGENT_TOKENS"]

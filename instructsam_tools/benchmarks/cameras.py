@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import time
 
-from instructsam_tools.benchmarks.common import FRAME_SIZE, INSTRUCTIONS, Target, moving_shapes, tracking_pipeline
+from instructsam_tools.benchmarks.common import (
+    FRAME_SIZE, INSTRUCTIONS, NODE_KEYFRAME_INTERVAL, NUM_OBJECTS, Target, moving_shapes, tracking_settings,
+)
 
-KEYFRAME_INTERVAL = 10
-NUM_OBJECTS = 4
 CAMERAS = (1, 2, 4)
 
 
-def _pipeline(model, cameras: int, batch: bool):
+def _pipeline(model, cameras: int):
     from instructsam.pipeline.frame_pipeline import FramePipeline
 
-    settings = tracking_pipeline(model, NUM_OBJECTS, KEYFRAME_INTERVAL).settings
     names = [f"cam{i}" for i in range(cameras)]
-    pipeline = FramePipeline(model, names, settings)
+    pipeline = FramePipeline(model, names, tracking_settings(NUM_OBJECTS, NODE_KEYFRAME_INTERVAL))
     for i, name in enumerate(names):
         pipeline.instructions.set(INSTRUCTIONS[i], camera=name)
     return pipeline, names
 
 
 def throughput(model, cameras: int, batch: bool, rounds: int) -> dict:
-    frames = [moving_shapes(2 * KEYFRAME_INTERVAL, *FRAME_SIZE, seed=i) for i in range(cameras)]
-    pipeline, names = _pipeline(model, cameras, batch)
+    frames = [moving_shapes(2 * NODE_KEYFRAME_INTERVAL, *FRAME_SIZE, seed=i) for i in range(cameras)]
+    pipeline, names = _pipeline(model, cameras)
 
     def one_round(t: int) -> list:
         for i, name in enumerate(names):
@@ -40,10 +39,10 @@ def throughput(model, cameras: int, batch: bool, rounds: int) -> dict:
             return results
         return [pipeline.step_any() for _ in names]
 
-    for t in range(KEYFRAME_INTERVAL + 1):  # warm-up: a first keyframe, tracks, the next keyframe
+    for t in range(NODE_KEYFRAME_INTERVAL + 1):  # warm-up: a first keyframe, tracks, the next keyframe
         one_round(t)
     start = time.perf_counter()
-    results = [r for t in range(rounds) for r in one_round(KEYFRAME_INTERVAL + 1 + t)]
+    results = [r for t in range(rounds) for r in one_round(NODE_KEYFRAME_INTERVAL + 1 + t)]
     seconds = time.perf_counter() - start
     latency = {name: [r.latency_ms for r in results if r.camera == name] for name in names}
     means = [sum(v) / len(v) for v in latency.values()]
@@ -52,7 +51,7 @@ def throughput(model, cameras: int, batch: bool, rounds: int) -> dict:
 
 
 def run_cameras(model, config: str, repeats: int, counts=CAMERAS) -> tuple[dict, list[Target]]:
-    rounds = KEYFRAME_INTERVAL * max(1, min(repeats, 2))
+    rounds = NODE_KEYFRAME_INTERVAL * max(1, min(repeats, 2))
     result = {}
     for n in counts:
         seq, bat = throughput(model, n, False, rounds), throughput(model, n, True, rounds)

@@ -20,6 +20,8 @@ INSTRUCTIONS = [
     "the cat on the chair", "all cups and bowls", "the hammer", "every object that can hold water",
 ]
 FRAME_SIZE = (480, 640)  # (H, W) of the camera frames the paths are timed on
+NUM_OBJECTS = 4  # instances per instruction: detections kept by postprocess and objects the tracker carries
+NODE_KEYFRAME_INTERVAL = 10  # the node's default keyframe_interval (PipelineSettings, config/instructsam.yaml)
 
 
 # ---- timing -----------------------------------------------------------------------------------------------------
@@ -181,15 +183,21 @@ def detection_kwargs(max_instances: int) -> dict:
     return {"score_threshold": 0.0, "nms_iou": 1.0, "max_instances": max_instances}
 
 
-def tracking_pipeline(model, num_objects: int, keyframe_interval: int, **settings):
-    """A one-camera FramePipeline whose keyframes yield `num_objects` detections and whose tracks are never dropped
-    (so the tracker carries exactly that many objects on every tracked frame). settings: further PipelineSettings
-    (e.g. max_new_tokens, tracker_memory_frames)."""
-    from instructsam.pipeline.frame_pipeline import FramePipeline, PipelineSettings
+def tracking_settings(num_objects: int, keyframe_interval: int, **settings):
+    """PipelineSettings whose keyframes yield `num_objects` detections and whose tracks are never dropped (so the
+    tracker carries exactly that many objects on every tracked frame). settings: further PipelineSettings (e.g.
+    max_new_tokens, tracker_memory_frames)."""
+    from instructsam.pipeline.frame_pipeline import PipelineSettings
 
-    settings = PipelineSettings(keyframe_interval=keyframe_interval, lost_patience=10 ** 9,
-                                max_tracked=max(1, num_objects), **detection_kwargs(max(1, num_objects)), **settings)
-    pipeline = FramePipeline(model, ["cam"], settings)
+    return PipelineSettings(keyframe_interval=keyframe_interval, lost_patience=10 ** 9, max_tracked=max(1, num_objects),
+                            **detection_kwargs(max(1, num_objects)), **settings)
+
+
+def tracking_pipeline(model, num_objects: int, keyframe_interval: int, **settings):
+    """A one-camera FramePipeline with `tracking_settings`, its camera given the first benchmark instruction."""
+    from instructsam.pipeline.frame_pipeline import FramePipeline
+
+    pipeline = FramePipeline(model, ["cam"], tracking_settings(num_objects, keyframe_interval, **settings))
     pipeline.instructions.set(INSTRUCTIONS[0], camera="cam")
     return pipeline
 
@@ -211,5 +219,6 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-__all__ = ["CONFIGS", "INSTRUCTIONS", "FRAME_SIZE", "Timing", "time_ms", "Target", "ModelStore", "moving_shapes",
-           "detection_kwargs", "tracking_pipeline", "run_frames", "set_threads"]
+__all__ = ["CONFIGS", "INSTRUCTIONS", "FRAME_SIZE", "NUM_OBJECTS", "NODE_KEYFRAME_INTERVAL", "tracking_settings",
+           "Timing", "time_ms", "Target", "ModelStore", "moving_shapes", "detection_kwargs", "tracking_pipeline",
+           "run_frames", "set_threads"]

@@ -14,17 +14,14 @@ from __future__ import annotations
 import torch
 
 from instructsam.preprocess import to_image_list, to_square_pixels
-from instructsam_tools.benchmarks.common import FRAME_SIZE, INSTRUCTIONS, detection_kwargs, moving_shapes, time_ms
-from instructsam_tools.benchmarks.paths import model_paths
+from instructsam_tools.benchmarks.common import FRAME_SIZE, NUM_OBJECTS, moving_shapes, time_ms
+from instructsam_tools.benchmarks.paths import BATCH_SIZES, model_paths, run_batching
 
 MODELS = (("instructsam", None), ("e_dit", "end_to_end"), ("l_dit", "layer_wise"))
-COUNTS = (1, 4, 16)
-NUM_OBJECTS = 4
 
 
-def dit_costs(model, repeats: int, counts=COUNTS) -> dict:
+def dit_costs(model, repeats: int, counts=BATCH_SIZES) -> dict:
     image = moving_shapes(1, *FRAME_SIZE)[0]
-    post = detection_kwargs(NUM_OBJECTS)
     paths = model_paths(model, repeats, NUM_OBJECTS, encoders=False)  # its cold pass is a keyframe's detection
     out = {"keyframe": paths["cold"].as_dict(), "switch": paths["switch"].as_dict()}
     with torch.no_grad():
@@ -33,15 +30,7 @@ def dit_costs(model, repeats: int, counts=COUNTS) -> dict:
                                   model.device, model.detector.dtype)
         vit = model.detector.vision_encoder.backbone
         out["encoder"] = time_ms(lambda: vit(pixels), repeats).as_dict()
-        batched = {}
-        for n in counts:
-            def run(n=n):
-                f = model.encode_image(image)
-                model.postprocess(model.segment(f, INSTRUCTIONS[:n]), f.original_sizes, **post)
-
-            t = time_ms(run, repeats)
-            batched[str(n)] = {**t.as_dict(), "per_instruction_ms": t.median / n}
-        out["batched"] = batched
+    out["batched"], _ = run_batching(model, "", repeats, counts)  # N instructions in one call (its targets unused)
     return out
 
 
@@ -57,4 +46,4 @@ def run_dit(store, config: str, repeats: int) -> dict:
     return result
 
 
-__all__ = ["run_dit", "dit_costs", "MODELS", "COUNTS"]
+__all__ = ["run_dit", "dit_costs", "MODELS"]

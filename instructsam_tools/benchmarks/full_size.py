@@ -16,14 +16,14 @@ import time
 import torch
 
 from instructsam_tools.tiny import load_spec
-from instructsam_tools.benchmarks.common import FRAME_SIZE, INSTRUCTIONS, detection_kwargs, moving_shapes, tracking_pipeline
+from instructsam_tools.benchmarks.common import (
+    FRAME_SIZE, INSTRUCTIONS, NODE_KEYFRAME_INTERVAL, NUM_OBJECTS, detection_kwargs, moving_shapes, tracking_pipeline,
+)
 from instructsam_tools.benchmarks.flops import FlopCount, count_flops, measure_activations
 
 FULL_CONFIG = "config/model_full.yaml"
-NUM_OBJECTS = 4
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor-core peak (no sparsity)
 UTILISATION = 0.40  # assumed model FLOP utilisation for these shapes (batch 1, eager)
-KEYFRAME_INTERVAL = 10  # PipelineSettings' default
 
 # top-level module (as the FLOP counter names it) -> component
 COMPONENTS = {
@@ -70,7 +70,7 @@ def by_component(count: FlopCount) -> dict[str, float]:
 
 def h100_estimate(keyframe_tflop: float, tracked_tflop: float, switch_tflop: float,
                   peak_tflops: float = H100_BF16_DENSE_TFLOPS, utilisation: float = UTILISATION,
-                  keyframe_interval: int = KEYFRAME_INTERVAL) -> dict:
+                  keyframe_interval: int = NODE_KEYFRAME_INTERVAL) -> dict:
     """Time = FLOPs / (peak x utilisation). Ignores memory-bound ops, kernel launches and Python overhead (eager
     batch-1 inference often reaches well below 40 % of peak), image decoding, post-processing and transfers."""
     rate = peak_tflops * utilisation

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from instructsam_tools.benchmarks.cameras import throughput
+from instructsam_tools.benchmarks.common import NODE_KEYFRAME_INTERVAL, NUM_OBJECTS
 from instructsam_tools.benchmarks.paths import model_paths, pipeline_paths
 
-NUM_OBJECTS = 4
 CAMERAS = 4
 
 
@@ -30,9 +30,9 @@ def measure(model, repeats: int, device: str) -> dict:
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    timings, objects = pipeline_paths(model, repeats, NUM_OBJECTS, keyframe_interval=10)
+    timings, objects = pipeline_paths(model, repeats, NUM_OBJECTS, keyframe_interval=NODE_KEYFRAME_INTERVAL)
     paths = model_paths(model, repeats, NUM_OBJECTS, encoders=False)
-    rounds = 10 * max(1, repeats // 5)
+    rounds = NODE_KEYFRAME_INTERVAL * max(1, repeats // 5)
     sequential = throughput(model, CAMERAS, False, rounds)
     batched = throughput(model, CAMERAS, True, rounds)
     return {"keyframe_ms": timings["keyframe"].median, "tracked_ms": timings["tracked"].median,
@@ -43,7 +43,8 @@ def measure(model, repeats: int, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m instructsam_tools.benchmarks.gpu", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m instructsam_tools.benchmarks.gpu",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="config/model_full.yaml")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])

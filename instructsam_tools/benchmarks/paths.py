@@ -15,10 +15,9 @@ import itertools
 import torch
 
 from instructsam_tools.benchmarks.common import (
-    FRAME_SIZE, INSTRUCTIONS, Target, Timing, detection_kwargs, moving_shapes, run_frames, time_ms, tracking_pipeline,
+    FRAME_SIZE, INSTRUCTIONS, NUM_OBJECTS, Target, Timing, detection_kwargs, moving_shapes, run_frames, time_ms, tracking_pipeline,
 )
 
-NUM_OBJECTS = 4  # instances per instruction: detections kept by postprocess and objects the tracker carries
 KEYFRAME_INTERVAL = 5  # keyframe every 5th frame while timing the pipeline (each sample: 1 keyframe + 4 tracked)
 BATCH_SIZES = (1, 4, 16)
 

@@ -277,15 +277,16 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
                     f"≈ {vit:.2f} TFLOP (plus the few text tokens it carries), where an InstructSAM switch costs "
                     f"{switch:.2f} TFLOP on cached features: {vit / switch:.1f}x per instruction.", ""]
     if "alternatives" in s:
-        from instructsam_tools.benchmarks.alternatives import AGENT_TOKENS, KEYFRAME_INTERVAL
+        from instructsam_tools.benchmarks.alternatives import AGENT_TOKENS
+        from instructsam_tools.benchmarks.common import NODE_KEYFRAME_INTERVAL
 
         names = {"default": "this package's default", "naive": "(a) a full InstructSAM pass on every frame",
                  "sam3_video": "(b) SAM3 alone: transformers' Sam3Video streaming, text prompt",
                  "agent": "(c) SAM3-agent style: VLM writes phrases, SAM3 once per phrase, every frame",
                  "reference": "(d) the published model's mode (answer, then query blocks), keyframes + tracker"}
         out += ["## 8. The alternatives a user would pick, side by side (one 640x480 frame, median ms)", "",
-                f"default = FramePipeline with a keyframe every {KEYFRAME_INTERVAL} frames (per frame: the mean over "
-                "whole cycles), switch = a new instruction on the keyframe's cached features. (b) tracks at most "
+                f"default = FramePipeline with a keyframe every {NODE_KEYFRAME_INTERVAL} frames (per frame: the mean "
+                "over whole cycles), switch = a new instruction on the keyframe's cached features. (b) tracks at most "
                 f"as many objects as the default, every detection admitted; its switch is a new session's first "
                 f"frame. (c) generates {AGENT_TOKENS} tokens with transformers' greedy generate and runs SAM3's "
                 f"text-prompted detector once per phrase (as many phrases as (d) wrote); (d) writes at most "

@@ -78,21 +78,23 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
                      f"'grefcoco:ROOT:SPLIT_BY[:SPLIT]'")
 
 
+def _by_image(image_ids) -> list[list[int]]:
+    """Sample indices grouped by image id, the groups in order of each image's first sample."""
+    groups: dict = {}
+    for i, image_id in enumerate(image_ids):
+        groups.setdefault(image_id, []).append(i)
+    return list(groups.values())
+
+
 def image_groups(dataset) -> list[list[int]]:
     """Sample indices grouped by image, in dataset order (without decoding any image)."""
     if isinstance(dataset, SyntheticInst2Seg):
         k, n = dataset.instructions_per_image, len(dataset)
         return [list(range(start, min(start + k, n))) for start in range(0, n, k)]
     if isinstance(dataset, Inst2SegDataset):
-        groups: dict[int, list[int]] = {}
-        for i, ins in enumerate(dataset.instructions):
-            groups.setdefault(ins["image_id"], []).append(i)
-        return list(groups.values())
-    if isinstance(dataset, list):  # loaded samples (refer, grefcoco): by image, in order of first appearance
-        by_image: dict = {}
-        for i, sample in enumerate(dataset):
-            by_image.setdefault(sample.image_id, []).append(i)
-        return list(by_image.values())
+        return _by_image(ins["image_id"] for ins in dataset.instructions)
+    if isinstance(dataset, list):  # loaded samples (refer, grefcoco)
+        return _by_image(sample.image_id for sample in dataset)
     return [[i] for i in range(len(dataset))]  # videos, or an unknown dataset: one instruction per image
 
 
