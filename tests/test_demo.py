@@ -102,6 +102,18 @@ def test_demo_runs_end_to_end(demo_run):
     no_target = summary["instructions"][2]
     assert no_target["kind"] == "no_target" and no_target["results"] > 0
     assert sum(i["results"] for i in summary["instructions"]) == summary["results"]
+    # the demo scores itself against the camera's ground truth: every result frame is matched to a camera frame
+    # (a frame the recorder itself missed could not be), J&F for the steps with targets, empty frames for no target
+    for step, ins in zip(script, summary["instructions"]):
+        score = ins["self_score"]
+        assert score["targets"] == list(step.targets) and (step.kind == "no_target") == (not step.targets)
+        assert score["frames_scored"] + score["frames_unmatched"] == ins["results"] and score["frames_scored"] > 0
+        if step.targets:
+            assert 0.0 <= score["J&F"] <= 1.0
+            assert f"self-score: J&F {score['J&F']:.2f}" in proc.stdout
+        else:
+            assert score["empty_frames"] <= ins["empty_results"]
+            assert f"self-score: {score['empty_frames']} of {score['frames_scored']} result frames empty" in proc.stdout
     assert re.search(r"latency \(node: image receipt -> result\) p50/p95 \d+ / \d+ ms", proc.stdout)
     assert re.search(r"dropped \d+", proc.stdout)
     assert int(summary["node"]["processed"]) >= summary["results"]
@@ -162,6 +174,45 @@ def test_scene_cast_matches_the_rendered_video_and_script_fits_it():
     assert not any(f"{c} {s}" in no_target.text for c, s in pairs)  # nothing in the video matches it
     first = steps[0].text
     assert any(first == f"all the {scene._plural(o['shape'])}" for o in video.objects.values())
+
+
+def test_self_score_matches_results_to_camera_frames_by_their_pixels_and_scores_them():
+    """Results made from the video's own ground truth score J&F 1; a mask shifted by a few pixels scores less, with
+    J and F apart; a result whose frame the recorder never saw, or saw with other pixels, is not scored; the
+    no-target step counts its empty frames."""
+    from instructsam.rle import encode_rle
+    from instructsam_tools.demo import scene
+    from instructsam_tools.demo.recorder import Result
+    from instructsam_tools.demo.self_score import format_self_score, frame_digest, score_instructions
+
+    index = scene.pick_video(0, SIZE)
+    video = scene.demo_video(0, index, 12, SIZE)
+    steps = [s.as_dict() for s in scene.default_script(video.objects, 12)]
+    category, no_target = steps[0], steps[2]
+    digests = {(t, 0): frame_digest(f) for t, f in enumerate(video.frames)}
+    digests[(11, 0)] = frame_digest(video.frames[0] ^ 1)  # the recorder saw other pixels under that stamp
+
+    def result(step, t, shift=0, stamp=None):
+        masks = {str(o): (encode_rle(np.roll(video.masks[o][t], shift, axis=1)), SIZE, SIZE)
+                 for o in step["targets"] if video.masks[o][t].any()}
+        return Result(step["id"], step["text"], t, True, float(t), float(t), 1.0, 1.0,
+                      [(k, 1, 0.9) for k in masks], frame_key=(t if stamp is None else stamp, 0), masks=masks)
+
+    perfect = score_instructions([result(category, t) for t in range(11)], digests, video, steps)[category["id"]]
+    assert perfect["targets"] == category["targets"] and perfect["targets"]
+    assert (perfect["frames_scored"], perfect["frames_unmatched"], perfect["J&F"]) == (11, 0, 1.0)
+    shifted = [result(category, t, shift=3) for t in range(10)] + [result(category, 11), result(category, 5, stamp=99)]
+    score = score_instructions(shifted, digests, video, steps)[category["id"]]
+    assert (score["frames_scored"], score["frames_unmatched"]) == (10, 2)
+    assert 0.2 < score["J"] < 0.95 and score["F"] != pytest.approx(score["J"], abs=0.01)
+    assert "2 result frame(s) not matched to a camera frame" in format_self_score(score)
+
+    empty = [Result(no_target["id"], no_target["text"], t, True, 0.0, 0.0, 1.0, 1.0, [], frame_key=(t, 0))
+             for t in range(4)]
+    empty[0] = result(category | {"id": no_target["id"]}, 0)  # one frame answered with instances
+    score = score_instructions(empty, digests, video, steps)[no_target["id"]]
+    assert (score["targets"], score["empty_frames"], score["frames_scored"]) == ([], 3, 4)
+    assert format_self_score(score).startswith("self-score: 3 of 4 result frames empty (75 %")
 
 
 def test_summary_counts_tracks_and_latency():

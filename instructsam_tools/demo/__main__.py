@@ -254,8 +254,12 @@ def run(args: argparse.Namespace) -> int:
     summary = None
     if recorder is not None and (recorder.results or recorder.overlays):
         from instructsam_tools.demo.recorder import format_summary, write_outputs
+        from instructsam_tools.demo.self_score import score_instructions
+        steps = [s.as_dict() for s in script]
+        video = scene.demo_video(args.seed, index, args.frames, args.size)  # the camera's frames and ground truth
         summary, gif = write_outputs(
-            recorder, out, args.fps, [s.as_dict() for s in script],
+            recorder, out, args.fps, steps,
+            self_scores=score_instructions(recorder.results, recorder.frame_digests, video, steps),
             extra={"checkpoint": str(checkpoint), "video": f"{scene.SPLIT}-v{index:05d}", "seed": args.seed,
                    "frames": args.frames, "fps": args.fps, "size": args.size, "exit_codes": codes,
                    "pids": {c.name: c.pid for c in children}})

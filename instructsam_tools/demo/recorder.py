@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from instructsam_ros.msg import InstanceMask, InstanceMaskArray
+from instructsam_tools.demo.self_score import format_self_score, frame_digest
 
 NODE_NAME = "demo_recorder"
 MAX_GIF_FRAMES = 600  # overlay frames kept (about 120 MB at 256 x 256); later ones are counted, not kept
@@ -45,10 +46,18 @@ class Result:
     processing_ms: float
     instances: list[tuple[str, int, float]]  # (track id, state, score)
     answer: str = ""  # what the model wrote (models that answer first; else "")
+    frame_key: tuple[int, int] = (0, 0)  # the header stamp as (sec, nanosec): finds the camera frame it answers
+    masks: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # visible track id -> (RLE, height, width)
 
     @property
     def visible(self) -> list[str]:
         return [i for i, state, _ in self.instances if state != InstanceMask.STATE_LOST]
+
+
+def _rgb(msg: Image) -> np.ndarray:
+    """An rgb8 Image's pixels as an (H, W, 3) view (row padding dropped)."""
+    rows = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
+    return rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
 
 
 def _stamp(header) -> float:
@@ -65,6 +74,7 @@ class Recorder(Node):
         self.overlays: list[np.ndarray] = []
         self.overlay_count = 0
         self.camera_frames = 0  # frames of /<camera>/image_raw seen here (what the camera sent, roughly)
+        self.frame_digests: dict[tuple[int, int], str] = {}  # camera frame stamp -> digest of its pixels
         self.node_stats: dict[str, str] = {}  # the node's latest diagnostics for this camera
         self.diagnostics_at = 0.0  # monotonic time of the latest
         self.create_subscription(InstanceMaskArray, f"/{self.camera}/instances", self._on_result, RESULT_QOS)
@@ -77,7 +87,10 @@ class Recorder(Node):
             instruction_id=msg.instruction_id, instruction=msg.instruction, frame_index=int(msg.frame_index),
             keyframe=bool(msg.keyframe), stamp=_stamp(msg.header), arrived=time.time(),
             latency_ms=float(msg.latency_ms), processing_ms=float(msg.processing_ms),
-            instances=[(i.id, int(i.state), float(i.score)) for i in msg.instances], answer=msg.answer))
+            instances=[(i.id, int(i.state), float(i.score)) for i in msg.instances], answer=msg.answer,
+            frame_key=(msg.header.stamp.sec, msg.header.stamp.nanosec),
+            masks={i.id: (i.rle_counts, int(i.mask_height), int(i.mask_width)) for i in msg.instances
+                   if i.state != InstanceMask.STATE_LOST}))
 
     def _on_overlay(self, msg: Image) -> None:
         self.overlay_count += 1
@@ -86,11 +99,12 @@ class Recorder(Node):
         if msg.encoding != "rgb8":
             self.get_logger().warning(f"overlay encoding {msg.encoding!r} is not rgb8: frame skipped")
             return
-        rows = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
-        self.overlays.append(rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3).copy())
+        self.overlays.append(_rgb(msg).copy())
 
     def _on_frame(self, msg: Image) -> None:
         self.camera_frames += 1
+        if msg.encoding == "rgb8":
+            self.frame_digests[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = frame_digest(_rgb(msg))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -125,9 +139,10 @@ def _percentiles(values) -> dict[str, float] | None:
 
 
 def summarize(results: list[Result], script: list[dict] | None = None, node_stats: dict | None = None,
-              camera_frames: int = 0, overlay_frames: int = 0) -> dict:
+              camera_frames: int = 0, overlay_frames: int = 0, self_scores: dict | None = None) -> dict:
     """Per instruction (script order first, then any other in order of appearance): result frames, instances per
-    frame, keyframes, tracks (frames visible, first -> last seen in seconds), latency percentiles."""
+    frame, keyframes, tracks (frames visible, first -> last seen in seconds), latency percentiles, and the
+    self-score against the camera's ground truth where `self_scores` (demo.self_score) has one."""
     order = [s["id"] for s in script or []]
     texts = {s["id"]: s["text"] for s in script or []}
     kinds = {s["id"]: s.get("kind", "") for s in script or []}
@@ -158,6 +173,7 @@ def summarize(results: list[Result], script: list[dict] | None = None, node_stat
             "tracks": tracks,
             "latency_ms": _percentiles([r.latency_ms for r in mine]),
             "answers": sorted({r.answer for r in mine if r.answer}),
+            **({"self_score": self_scores[iid]} if self_scores and iid in self_scores else {}),
         })
     stats = node_stats or {}
     return {
@@ -195,6 +211,8 @@ def format_summary(summary: dict, max_tracks: int = 8) -> str:
         lines.append(f"     track ids: {shown or 'none'}{more}")
         if ins.get("answers"):
             lines.append(f"     the model wrote: {' | '.join(repr(a) for a in ins['answers'])}")
+        if ins.get("self_score"):
+            lines.append(f"     {format_self_score(ins['self_score'])}")
     node = summary["node"]
     lines.append(f"results: {summary['results']} frames; latency (node: image receipt -> result) p50/p95 "
                  f"{_ms(summary['latency_ms'])}; camera stamp -> recorder {_ms(summary['end_to_end_ms'])}; "
@@ -211,11 +229,11 @@ def format_summary(summary: dict, max_tracks: int = 8) -> str:
 
 
 def write_outputs(recorder: Recorder, out: Path, fps: float, script: list[dict] | None = None,
-                  extra: dict | None = None) -> tuple[dict, Path | None]:
+                  extra: dict | None = None, self_scores: dict | None = None) -> tuple[dict, Path | None]:
     """The summary (also as out/summary.json) and out/overlay.gif (when there are overlay frames)."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(recorder.results, script, recorder.node_stats, recorder.camera_frames,
-                        recorder.overlay_count)
+                        recorder.overlay_count, self_scores)
     gif = None
     if recorder.overlays:
         gif = out / "overlay.gif"

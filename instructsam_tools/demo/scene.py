@@ -34,9 +34,10 @@ class Step:
     text: str
     task: str = ""  # "" = the node's default template
     kind: str = ""  # what the step shows: "category", "switch", "no_target", ...
+    targets: tuple[int, ...] = ()  # the video's object ids the instruction means (the demo scores itself on them)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "targets": list(self.targets)}
 
 
 def _videos(seed: int, size: int, frames: int, count: int) -> SyntheticVideos:
@@ -107,15 +108,17 @@ def default_script(objects: dict[int, dict], frames: int) -> list[Step]:
     # 4. back to a real one: the most common colour
     colours = Counter(o["color"] for o in stay)
     back = max(colours, key=lambda c: (colours[c], -COLOR_NAMES.index(c)))
+    def ids(keep) -> tuple[int, ...]:
+        return tuple(sorted(i for i, o in objects.items() if keep(o)))
     texts = [
-        (f"all the {_plural(shape)}", "multi_instance", "category"),
-        (switch, switch_task, "switch"),
-        (f"all the {colour} {_plural(absent)}", "multi_instance", "no_target"),
-        (f"every {back} object", "multi_instance", "back"),
+        (f"all the {_plural(shape)}", "multi_instance", "category", ids(lambda o: o["shape"] == shape)),
+        (switch, switch_task, "switch", ids(lambda o: (o["color"], o["shape"]) == (other["color"], other["shape"]))),
+        (f"all the {colour} {_plural(absent)}", "multi_instance", "no_target", ()),
+        (f"every {back} object", "multi_instance", "back", ids(lambda o: o["color"] == back)),
     ]
     starts = [min(frames - 1, round(f * frames)) for f in STEP_FRACTIONS]
-    return [Step(at_frame=start, id=f"demo-{k + 1}", text=text, task=task, kind=kind)
-            for k, (start, (text, task, kind)) in enumerate(zip(starts, texts))]
+    return [Step(at_frame=start, id=f"demo-{k + 1}", text=text, task=task, kind=kind, targets=targets)
+            for k, (start, (text, task, kind, targets)) in enumerate(zip(starts, texts))]
 
 
 def script_for(seed: int, index: int, frames: int, size: int) -> list[Step]:
