@@ -20,7 +20,6 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import (
     PreTrainedTokenizerBase,
     Qwen3VLConfig,
@@ -38,8 +37,11 @@ DEFAULT_CONFIG = "config/model_tiny.yaml"
 
 
 def load_spec(path: str | Path) -> dict:
-    """A model yaml (a relative path is tried in the working directory, then the package's share directories)."""
-    return yaml.safe_load(resources.find(path, "model config").read_text())
+    """A model yaml (a relative path is tried in the working directory, then the package's share directories);
+    `base: other.yaml` is merged under it, as in training configs."""
+    from instructsam_tools.training.train_config import read_yaml_tree
+
+    return read_yaml_tree(resources.find(path, "model config"))
 
 
 def vlm_config_from_spec(spec: dict, tokenizer: PreTrainedTokenizerBase) -> Qwen3VLConfig:

@@ -6,6 +6,8 @@ one batched `segment` call covers every instruction, each with its own task temp
 Data specs (used by the trainer's YAML and the evaluate command):
     synthetic:SPLIT[:N]     the in-memory synthetic Inst2Seg split (instructsam_tools.data.synthetic), N samples
                             (instructions; default 800 = 200 images x 4)
+    synthetic_phrases:SPLIT[:N]   the same scenes with SAM3-style concept prompts ("red circle", "object") instead
+                            of instructions: every matching object, a quarter of them absent (SAM3's own task)
     inst2seg:DIR[:SPLIT]    an Inst2Seg directory on disk (default split "test")
     synthetic_video:SPLIT[:N]   N synthetic video clips (default 200) of `clip_frames` frames, for the tracking
                             objective (instructsam_tools.training.tracker_objective); a batch is clips instead of image groups
@@ -34,11 +36,11 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
     """A dataset (indexable -> InstructionSample, or VideoSample for synthetic_video) from a data spec string
     (see the module docstring)."""
     kind, _, rest = spec.partition(":")
-    if kind in ("synthetic", "synthetic_video"):
+    if kind in ("synthetic", "synthetic_phrases", "synthetic_video"):
         split, _, count = rest.partition(":")
         if split not in SPLITS:
             raise ValueError(f"data spec {spec!r}: unknown synthetic split {split!r}; expected one of {SPLITS}")
-        default = DEFAULT_SYNTHETIC_SAMPLES if kind == "synthetic" else DEFAULT_SYNTHETIC_VIDEOS
+        default = DEFAULT_SYNTHETIC_VIDEOS if kind == "synthetic_video" else DEFAULT_SYNTHETIC_SAMPLES
         try:
             size = int(count) if count else default
         except ValueError:
@@ -50,7 +52,8 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
                 raise ValueError("data.clip_frames must be >= 2 (a prompted frame and one to track), "
                                  f"got {clip_frames}")
             return SyntheticVideos(split, size=size, image_size=image_size, seed=seed, num_frames=clip_frames)
-        return SyntheticInst2Seg(split, size=size, image_size=image_size, seed=seed)
+        return SyntheticInst2Seg(split, size=size, image_size=image_size, seed=seed,
+                                 prompts="phrases" if kind == "synthetic_phrases" else "instructions")
     if kind == "inst2seg":
         root, _, split = rest.rpartition(":") if ":" in rest else (rest, "", "test")
         if not root:
@@ -73,7 +76,8 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
         if not loaded:
             raise ValueError(f"data spec {spec!r}: no samples" + (f" in split {split!r}" if split else ""))
         return loaded
-    raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]', 'inst2seg:DIR[:SPLIT]', "
+    raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]', 'synthetic_phrases:SPLIT[:N]', "
+                     f"'inst2seg:DIR[:SPLIT]', "
                      f"'synthetic_video:SPLIT[:N]', 'refer:ROOT:DATASET:SPLIT_BY[:SPLIT]' or "
                      f"'grefcoco:ROOT:SPLIT_BY[:SPLIT]'")
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from instructsam_tools.data.format import InstructionSample
 from instructsam_tools.data.inst2seg import encode_mask, mask_to_box, save_png, write_inst2seg
-from instructsam_tools.data.synthetic_language import Instruction, LanguageContext, generate_instructions
+from instructsam_tools.data.synthetic_language import (PHRASE_FAMILIES, Instruction, LanguageContext,
+                                                      generate_instructions)
 from instructsam_tools.data.synthetic_scene import HELDOUT_PAIRS, SHAPES, Scene, generate_scene
 from instructsam_tools.data.synthetic_video import VideoSample, generate_video, write_video
 
@@ -32,6 +33,7 @@ SPLITS = ("train", "val", "test", "heldout")
 _SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
 CATEGORIES = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
 _SCENE, _LANGUAGE, _VIDEO = 0, 1, 2  # independent random streams per item
+PROMPT_FAMILIES = {"instructions": None, "phrases": PHRASE_FAMILIES}  # family weights (None: FAMILY_WEIGHTS)
 
 
 def item_rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
@@ -52,8 +54,12 @@ def allow_pair_for(split: str):
 
 
 def generate_image_item(split: str, scene_index: int, image_size: int = 128, seed: int = 0,
-                        instructions_per_image: int = 4, max_objects: int = 12) -> tuple[int, Scene, list[Instruction]]:
-    """(image_id, scene, instructions) for one scene of a split; a pure function of its arguments."""
+                        instructions_per_image: int = 4, max_objects: int = 12, prompts: str = "instructions"
+                        ) -> tuple[int, Scene, list[Instruction]]:
+    """(image_id, scene, instructions) for one scene of a split; a pure function of its arguments. prompts:
+    "instructions" (the instruction families) or "phrases" (SAM3-style concept prompts; the scene is the same)."""
+    if prompts not in PROMPT_FAMILIES:
+        raise ValueError(f"prompts must be one of {tuple(PROMPT_FAMILIES)}, got {prompts!r}")
     image_id = scene_index + 1
     scene = generate_scene(item_rng(seed, split, scene_index, _SCENE), image_size=image_size,
                            max_objects=max_objects, heldout="include" if split == "heldout" else "exclude",
@@ -62,7 +68,8 @@ def generate_image_item(split: str, scene_index: int, image_size: int = 128, see
                           focus_pairs=HELDOUT_PAIRS if split == "heldout" else frozenset())
     instructions = generate_instructions(item_rng(seed, split, scene_index, _LANGUAGE), scene.visible_objects(),
                                          ctx, instructions_per_image,
-                                         require=involves_heldout if split == "heldout" else None)
+                                         require=involves_heldout if split == "heldout" else None,
+                                         families=PROMPT_FAMILIES[prompts])
     return image_id, scene, instructions
 
 
@@ -91,13 +98,16 @@ class SyntheticInst2Seg:
     """
 
     def __init__(self, split: str = "train", size: int = 1000, image_size: int = 128, seed: int = 0,
-                 instructions_per_image: int = 4, max_objects: int = 12) -> None:
+                 instructions_per_image: int = 4, max_objects: int = 12, prompts: str = "instructions") -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if image_size < 32:
             raise ValueError(f"image_size {image_size} too small (objects need >= ~10 px); use >= 32")
         self.split, self.size, self.image_size, self.seed = split, int(size), int(image_size), int(seed)
         self.instructions_per_image, self.max_objects = int(instructions_per_image), int(max_objects)
+        if prompts not in PROMPT_FAMILIES:
+            raise ValueError(f"prompts must be one of {tuple(PROMPT_FAMILIES)}, got {prompts!r}")
+        self.prompts = prompts
         self._cache: tuple[int, tuple] | None = None  # last scene: consecutive indices share it
 
     def __len__(self) -> int:
@@ -110,7 +120,8 @@ class SyntheticInst2Seg:
     def scene(self, scene_index: int) -> tuple[int, Scene, list[Instruction]]:
         if self._cache is None or self._cache[0] != scene_index:
             self._cache = (scene_index, generate_image_item(self.split, scene_index, self.image_size, self.seed,
-                                                            self.instructions_per_image, self.max_objects))
+                                                            self.instructions_per_image, self.max_objects,
+                                                            self.prompts))
         return self._cache[1]
 
     def __getitem__(self, idx: int) -> InstructionSample:

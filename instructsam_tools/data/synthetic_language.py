@@ -473,9 +473,43 @@ def gen_no_target(rng, objs, ctx, prefer_pairs: Callable[[set], bool] | None = N
     return Instruction(text, task, "no_target", [], d.pairs())
 
 
+# Concept prompts, as SAM3 is trained on (promptable concept segmentation): a singular noun phrase ("red circle",
+# "striped square", "object") and every visible object it matches; about a quarter name something absent, mostly a
+# near miss (a visible object with one attribute changed), so presence and the empty answer are learned too.
+PHRASE_KINDS = [(), ("shape",), ("shape",), ("color",), ("texture",), ("size",), ("color", "shape"),
+                ("color", "shape"), ("texture", "shape"), ("size", "shape"), ("size", "color", "shape"),
+                ("texture", "color", "shape")]
+PHRASE_FAMILIES = {"phrase": 0.75, "phrase_absent": 0.25}
+
+
+def gen_phrase(rng, objs, ctx) -> Instruction | None:
+    if not objs:
+        return None
+    d = random_descriptor(rng, PHRASE_KINDS, ctx.allow_pair, like=pick(rng, objs))
+    return Instruction(noun_phrase(rng, d, False), "multi_instance", "phrase", [o for o in objs if d.matches(o)],
+                       d.pairs())
+
+
+def gen_phrase_absent(rng, objs, ctx) -> Instruction | None:
+    kinds = [k for k in PHRASE_KINDS if k]
+    if objs and rng.random() < 0.7:
+        like = pick(rng, objs)
+        d = random_descriptor(rng, kinds, ctx.allow_pair, like=like)
+        key = pick(rng, [k for k, v in d.items() if v is not None])
+        values = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES, "texture": TEXTURES}[key]
+        d = Descriptor(**{**{k: v for k, v in d.items() if v is not None},
+                          key: pick(rng, [v for v in values if v != getattr(d, key)])})
+    else:
+        d = random_descriptor(rng, kinds, ctx.allow_pair)
+    if any(d.matches(o) for o in objs) or any(not ctx.allow_pair(*p) for p in d.pairs()):
+        return None
+    return Instruction(noun_phrase(rng, d, False), "multi_instance", "phrase_absent", [], d.pairs())
+
+
 GENERATORS = {"category": gen_category, "attribute": gen_attribute, "spatial": gen_spatial,
               "superlative": gen_superlative, "exclusion": gen_exclusion, "union": gen_union,
-              "no_target": gen_no_target, "reasoning": gen_reasoning}
+              "no_target": gen_no_target, "reasoning": gen_reasoning,
+              "phrase": gen_phrase, "phrase_absent": gen_phrase_absent}
 
 
 def generate_instructions(rng: np.random.Generator, objects: Sequence[SceneObject], ctx: LanguageContext,

@@ -186,16 +186,16 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def read_yaml_tree(path: str | Path, _seen: tuple = ()) -> dict:
-    """A config file's tree; `base: other.yaml` (relative to the file) is loaded first and deep-merged under it,
-    so ablation configs only state what they change."""
+    """A config file's tree (training or model yaml); `base: other.yaml` (relative to the file) is loaded first and
+    deep-merged under it, so a variant only states what it changes."""
     file = resolve_path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"training config {str(path)!r} does not exist")
+        raise FileNotFoundError(f"config {str(path)!r} does not exist")
     if file.resolve() in _seen:
-        raise ValueError(f"training config {file} includes itself through 'base'")
+        raise ValueError(f"config {file} includes itself through 'base'")
     tree = yaml.safe_load(file.read_text()) or {}
     if not isinstance(tree, dict):
-        raise ValueError(f"training config {file} must be a YAML mapping")
+        raise ValueError(f"config {file} must be a YAML mapping")
     base = tree.pop("base", None)
     if base:
         tree = deep_merge(read_yaml_tree(file.parent / base, (*_seen, file.resolve())), tree)
