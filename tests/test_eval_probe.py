@@ -46,6 +46,8 @@ def test_a_faithful_answer_scores_own_1_other_0_and_a_salient_one_scores_the_sam
 def test_the_wording_names_the_attribute():
     assert instruction_for("color", "red") == "all the red objects"
     assert instruction_for("shape", "cross") == "all the crosses"
+    assert instruction_for("color", "red", "phrase") == "red object"
+    assert instruction_for("shape", "cross", "phrase") == "cross"
     with pytest.raises(ValueError, match="unknown attribute 'size'"):
         instruction_for("size", "small")
 

@@ -1,6 +1,7 @@
 """Instruction sensitivity: does the answer follow the attribute the instruction names?
 
-    python -m instructsam_tools.evaluation.probe --checkpoint DIR [--scenes 60] [--split test] [--out FILE.json]
+    python -m instructsam_tools.evaluation.probe --checkpoint DIR [--scenes 60] [--split test] [--wording phrase]
+        [--out FILE.json]
 
 Each synthetic scene is asked, on the same image, once per value of an attribute that its visible objects show:
 "all the red objects", "all the blue objects", ... (colour) and "all the circles", "all the stars", ... (shape).
@@ -30,13 +31,18 @@ TASK = "multi_instance"
 TARGET_OWN, TARGET_OTHER = 0.90, 0.05
 
 
-def instruction_for(attribute: str, value: str) -> str:
-    """The probe's wording: the canonical plural of a shape, "<colour> objects" for a colour."""
-    if attribute == "color":
-        return f"all the {value} objects"
-    if attribute == "shape":
-        return f"all the {SHAPE_WORDS[value][0][1]}"
-    raise ValueError(f"unknown attribute {attribute!r}; expected one of {ATTRIBUTES}")
+WORDINGS = ("instruction", "phrase")
+
+
+def instruction_for(attribute: str, value: str, wording: str = "instruction") -> str:
+    """The probe's wording: "all the red objects" / "all the circles" (instruction), or the concept phrase SAM3 is
+    prompted with, "red object" / "circle" (phrase)."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown attribute {attribute!r}; expected one of {ATTRIBUTES}")
+    if wording not in WORDINGS:
+        raise ValueError(f"unknown wording {wording!r}; expected one of {WORDINGS}")
+    singular, plural = (f"{value} object", f"{value} objects") if attribute == "color" else SHAPE_WORDS[value][0]
+    return f"all the {plural}" if wording == "instruction" else singular
 
 
 @dataclass
@@ -80,7 +86,7 @@ def score_scene(counts: ProbeCounts, values: list[str], object_masks: np.ndarray
 
 @torch.no_grad()
 def probe(model, dataset: SyntheticInst2Seg, num_scenes: int, attributes=ATTRIBUTES,
-          score_threshold: float | None = None) -> dict:
+          score_threshold: float | None = None, wording: str = "instruction") -> dict:
     """{attribute: ProbeCounts.summary()} over the first `num_scenes` scenes of the dataset (scenes whose
     visible objects all share one value of an attribute give only own-value asks for it)."""
     model.eval()
@@ -93,7 +99,7 @@ def probe(model, dataset: SyntheticInst2Seg, num_scenes: int, attributes=ATTRIBU
         object_masks = np.stack([o.visible_mask for o in objects])
         asks = [(a, v) for a in attributes for v in sorted({getattr(o, a) for o in objects})]
         features = model.encode_image([scene.image], tracker=False)
-        output = model.segment(features, [instruction_for(a, v) for a, v in asks], image_index=[0] * len(asks),
+        output = model.segment(features, [instruction_for(a, v, wording) for a, v in asks], image_index=[0] * len(asks),
                                task=TASK)
         predictions = model.postprocess(output, features.original_sizes, score_threshold=score_threshold)
         for attribute in attributes:
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--attribute", choices=ATTRIBUTES, action="append", default=None,
                         help="probe only this attribute (repeatable; default: colour and shape)")
     parser.add_argument("--score-threshold", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--wording", choices=WORDINGS, default="instruction",
+                        help="ask 'all the red objects' (instruction, default) or 'red object' (phrase)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
@@ -134,12 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = SyntheticInst2Seg(args.split, size=args.scenes, image_size=args.image_size, seed=args.seed,
                                 instructions_per_image=1)
     model = load_model(args.checkpoint, args.device)
-    result = probe(model, dataset, args.scenes, tuple(args.attribute or ATTRIBUTES), args.score_threshold)
+    result = probe(model, dataset, args.scenes, tuple(args.attribute or ATTRIBUTES), args.score_threshold,
+                   args.wording)
     print(format_probe(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"run": {"checkpoint": str(args.checkpoint), "scenes": args.scenes,
-                                                      "split": args.split, "seed": args.seed}, **result},
+                                                      "split": args.split, "seed": args.seed,
+                                                      "wording": args.wording}, **result},
                                              indent=2) + "\n")
     return result
 
