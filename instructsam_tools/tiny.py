@@ -30,6 +30,7 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 from instructsam_tools.compose import compose
+from instructsam_tools.yaml_files import read_yaml_tree
 from instructsam import resources
 from instructsam.tokenizer import special_token_ids, train_tiny_tokenizer
 
@@ -39,8 +40,6 @@ DEFAULT_CONFIG = "config/model_tiny.yaml"
 def load_spec(path: str | Path) -> dict:
     """A model yaml (a relative path is tried in the working directory, then the package's share directories);
     `base: other.yaml` is merged under it, as in training configs."""
-    from instructsam_tools.training.train_config import read_yaml_tree
-
     return read_yaml_tree(resources.find(path, "model config"))
 
 

@@ -36,6 +36,13 @@ _SCENE, _LANGUAGE, _VIDEO = 0, 1, 2  # independent random streams per item
 PROMPT_FAMILIES = {"instructions": None, "phrases": PHRASE_FAMILIES}  # family weights (None: FAMILY_WEIGHTS)
 
 
+def prompt_families(prompts: str) -> dict | None:
+    """The family weights of a prompt kind ("instructions" or "phrases"), or a ValueError naming the kinds."""
+    if prompts not in PROMPT_FAMILIES:
+        raise ValueError(f"prompts must be one of {tuple(PROMPT_FAMILIES)}, got {prompts!r}")
+    return PROMPT_FAMILIES[prompts]
+
+
 def item_rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
     if split not in _SPLIT_CODE:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -58,8 +65,7 @@ def generate_image_item(split: str, scene_index: int, image_size: int = 128, see
                         ) -> tuple[int, Scene, list[Instruction]]:
     """(image_id, scene, instructions) for one scene of a split; a pure function of its arguments. prompts:
     "instructions" (the instruction families) or "phrases" (SAM3-style concept prompts; the scene is the same)."""
-    if prompts not in PROMPT_FAMILIES:
-        raise ValueError(f"prompts must be one of {tuple(PROMPT_FAMILIES)}, got {prompts!r}")
+    families = prompt_families(prompts)
     image_id = scene_index + 1
     scene = generate_scene(item_rng(seed, split, scene_index, _SCENE), image_size=image_size,
                            max_objects=max_objects, heldout="include" if split == "heldout" else "exclude",
@@ -69,7 +75,7 @@ def generate_image_item(split: str, scene_index: int, image_size: int = 128, see
     instructions = generate_instructions(item_rng(seed, split, scene_index, _LANGUAGE), scene.visible_objects(),
                                          ctx, instructions_per_image,
                                          require=involves_heldout if split == "heldout" else None,
-                                         families=PROMPT_FAMILIES[prompts])
+                                         families=families)
     return image_id, scene, instructions
 
 
@@ -105,8 +111,7 @@ class SyntheticInst2Seg:
             raise ValueError(f"image_size {image_size} too small (objects need >= ~10 px); use >= 32")
         self.split, self.size, self.image_size, self.seed = split, int(size), int(image_size), int(seed)
         self.instructions_per_image, self.max_objects = int(instructions_per_image), int(max_objects)
-        if prompts not in PROMPT_FAMILIES:
-            raise ValueError(f"prompts must be one of {tuple(PROMPT_FAMILIES)}, got {prompts!r}")
+        prompt_families(prompts)  # refuse an unknown kind here, not at the first sample
         self.prompts = prompts
         self._cache: tuple[int, tuple] | None = None  # last scene: consecutive indices share it
 

@@ -141,6 +141,9 @@ def unique_description(objects: Sequence[SceneObject], o: SceneObject) -> Descri
     return None
 
 
+ATTRIBUTE_VALUES = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES, "texture": TEXTURES}
+
+
 def random_descriptor(rng: np.random.Generator, kinds: Sequence[tuple[str, ...]],
                       allow_pair: Callable[[str, str], bool], like: SceneObject | None = None) -> Descriptor:
     """A descriptor over a random attribute subset; values copied from `like` when given."""
@@ -150,7 +153,7 @@ def random_descriptor(rng: np.random.Generator, kinds: Sequence[tuple[str, ...]]
         if like is not None:
             vals[k] = getattr(like, k)
         else:
-            vals[k] = pick(rng, {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES, "texture": TEXTURES}[k])
+            vals[k] = pick(rng, ATTRIBUTE_VALUES[k])
     d = Descriptor(**vals)
     if d.color and d.shape and not allow_pair(d.color, d.shape):
         vals.pop("color")
@@ -436,6 +439,16 @@ def gen_reasoning(rng, objs, ctx) -> Instruction | None:
     return Instruction(_reasoning_text(rng, aff, color), "reasoning", "reasoning", targets, mentions)
 
 
+def near_miss(rng: np.random.Generator, kinds: Sequence[tuple[str, ...]], allow_pair: Callable[[str, str], bool],
+              like: SceneObject) -> Descriptor:
+    """A descriptor of `like` over a random attribute subset with one of those attributes changed (a near miss;
+    the caller checks that nothing visible matches it)."""
+    d = random_descriptor(rng, kinds, allow_pair, like=like)
+    key = pick(rng, [k for k, v in d.items() if v is not None])
+    return Descriptor(**{**{k: v for k, v in d.items() if v is not None},
+                         key: pick(rng, [v for v in ATTRIBUTE_VALUES[key] if v != getattr(d, key)])})
+
+
 NO_TARGET_KINDS = [("shape",), ("color", "shape"), ("color", "shape"), ("texture", "shape"), ("size", "shape"),
                    ("color",), ("size", "color", "shape")]
 
@@ -454,12 +467,7 @@ def gen_no_target(rng, objs, ctx, prefer_pairs: Callable[[set], bool] | None = N
         color, shape = pick(rng, sorted(ctx.focus_pairs))
         d = Descriptor(shape=shape, color=color)
     elif objs and u < 0.6:
-        like = pick(rng, objs)
-        d = random_descriptor(rng, NO_TARGET_KINDS, ctx.allow_pair, like=like)
-        key = pick(rng, [k for k, v in d.items() if v is not None])
-        values = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES, "texture": TEXTURES}[key]
-        d = Descriptor(**{**{k: v for k, v in d.items() if v is not None},
-                          key: pick(rng, [v for v in values if v != getattr(d, key)])})
+        d = near_miss(rng, NO_TARGET_KINDS, ctx.allow_pair, pick(rng, objs))
     else:
         d = random_descriptor(rng, NO_TARGET_KINDS, ctx.allow_pair)
     if any(d.matches(o) for o in objs) or any(not ctx.allow_pair(*p) for p in d.pairs()):
@@ -493,12 +501,7 @@ def gen_phrase(rng, objs, ctx) -> Instruction | None:
 def gen_phrase_absent(rng, objs, ctx) -> Instruction | None:
     kinds = [k for k in PHRASE_KINDS if k]
     if objs and rng.random() < 0.7:
-        like = pick(rng, objs)
-        d = random_descriptor(rng, kinds, ctx.allow_pair, like=like)
-        key = pick(rng, [k for k, v in d.items() if v is not None])
-        values = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES, "texture": TEXTURES}[key]
-        d = Descriptor(**{**{k: v for k, v in d.items() if v is not None},
-                          key: pick(rng, [v for v in values if v != getattr(d, key)])})
+        d = near_miss(rng, kinds, ctx.allow_pair, pick(rng, objs))
     else:
         d = random_descriptor(rng, kinds, ctx.allow_pair)
     if any(d.matches(o) for o in objs) or any(not ctx.allow_pair(*p) for p in d.pairs()):

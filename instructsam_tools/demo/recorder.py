@@ -64,6 +64,11 @@ def _stamp(header) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
+def _stamp_key(header) -> tuple[int, int]:
+    """The stamp exactly, as (sec, nanosec): a result's header carries its camera frame's."""
+    return header.stamp.sec, header.stamp.nanosec
+
+
 class Recorder(Node):
     def __init__(self, camera: str = "camera", max_gif_frames: int = MAX_GIF_FRAMES, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
@@ -88,7 +93,7 @@ class Recorder(Node):
             keyframe=bool(msg.keyframe), stamp=_stamp(msg.header), arrived=time.time(),
             latency_ms=float(msg.latency_ms), processing_ms=float(msg.processing_ms),
             instances=[(i.id, int(i.state), float(i.score)) for i in msg.instances], answer=msg.answer,
-            frame_key=(msg.header.stamp.sec, msg.header.stamp.nanosec),
+            frame_key=_stamp_key(msg.header),
             masks={i.id: (i.rle_counts, int(i.mask_height), int(i.mask_width)) for i in msg.instances
                    if i.state != InstanceMask.STATE_LOST}))
 
@@ -104,7 +109,7 @@ class Recorder(Node):
     def _on_frame(self, msg: Image) -> None:
         self.camera_frames += 1
         if msg.encoding == "rgb8":
-            self.frame_digests[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = frame_digest(_rgb(msg))
+            self.frame_digests[_stamp_key(msg.header)] = frame_digest(_rgb(msg))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:

@@ -4,7 +4,8 @@
         [--out FILE.json]
 
 Each synthetic scene is asked, on the same image, once per value of an attribute that its visible objects show:
-"all the red objects", "all the blue objects", ... (colour) and "all the circles", "all the stars", ... (shape).
+"all the red objects", "all the blue objects", ... (colour) and "all the circles", "all the stars", ... (shape);
+`--wording phrase` asks SAM3-style concept phrases instead ("red object", "circle").
 An object is *covered* by an answer when the union of the answer's kept masks covers more than half of its
 visible pixels. Over all (object, asked value) pairs:
     own   = the fraction covered when the object's own value is asked (should be high),
@@ -29,8 +30,6 @@ ATTRIBUTES = ("color", "shape")
 COVERED_FRACTION = 0.5  # more than half of an object's visible pixels
 TASK = "multi_instance"
 TARGET_OWN, TARGET_OTHER = 0.90, 0.05
-
-
 WORDINGS = ("instruction", "phrase")
 
 
@@ -99,8 +98,8 @@ def probe(model, dataset: SyntheticInst2Seg, num_scenes: int, attributes=ATTRIBU
         object_masks = np.stack([o.visible_mask for o in objects])
         asks = [(a, v) for a in attributes for v in sorted({getattr(o, a) for o in objects})]
         features = model.encode_image([scene.image], tracker=False)
-        output = model.segment(features, [instruction_for(a, v, wording) for a, v in asks], image_index=[0] * len(asks),
-                               task=TASK)
+        texts = [instruction_for(a, v, wording) for a, v in asks]
+        output = model.segment(features, texts, image_index=[0] * len(asks), task=TASK)
         predictions = model.postprocess(output, features.original_sizes, score_threshold=score_threshold)
         for attribute in attributes:
             answers = {v: p.masks for (a, v), p in zip(asks, predictions) if a == attribute}
