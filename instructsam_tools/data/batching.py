@@ -9,6 +9,8 @@ Data specs (used by the trainer's YAML and the evaluate command):
     synthetic_phrases:SPLIT[:N]   the same scenes with SAM3-style concept prompts ("red circle", "object") instead
                             of instructions: every matching object, a quarter of them absent (SAM3's own task)
     inst2seg:DIR[:SPLIT]    an Inst2Seg directory on disk (default split "test")
+    synthetic_qa:SPLIT[:N]  the same scenes with questions and answers about them (data.scene_questions), for the
+                            VLM's scene-language objective (training.language_objective); default 1200 = 200 x 6
     synthetic_video:SPLIT[:N]   N synthetic video clips (default 200) of `clip_frames` frames, for the tracking
                             objective (instructsam_tools.training.tracker_objective); a batch is clips instead of image groups
     refer:ROOT:DATASET:SPLIT_BY[:SPLIT]   RefCOCO / RefCOCO+ / RefCOCOg in the lichengunc/refer layout
@@ -26,21 +28,23 @@ import torch
 
 from instructsam_tools.data.format import InstructionSample
 from instructsam_tools.data.inst2seg import Inst2SegDataset
-from instructsam_tools.data.synthetic import SPLITS, SyntheticInst2Seg, SyntheticVideos
+from instructsam_tools.data.synthetic import SPLITS, SyntheticInst2Seg, SyntheticSceneQuestions, SyntheticVideos
 
 DEFAULT_SYNTHETIC_SAMPLES = 800
 DEFAULT_SYNTHETIC_VIDEOS = 200
+DEFAULT_SYNTHETIC_QUESTIONS = 1200
 
 
 def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: int = 8):
     """A dataset (indexable -> InstructionSample, or VideoSample for synthetic_video) from a data spec string
     (see the module docstring)."""
     kind, _, rest = spec.partition(":")
-    if kind in ("synthetic", "synthetic_phrases", "synthetic_video"):
+    if kind in ("synthetic", "synthetic_phrases", "synthetic_qa", "synthetic_video"):
         split, _, count = rest.partition(":")
         if split not in SPLITS:
             raise ValueError(f"data spec {spec!r}: unknown synthetic split {split!r}; expected one of {SPLITS}")
-        default = DEFAULT_SYNTHETIC_VIDEOS if kind == "synthetic_video" else DEFAULT_SYNTHETIC_SAMPLES
+        default = {"synthetic_video": DEFAULT_SYNTHETIC_VIDEOS, "synthetic_qa": DEFAULT_SYNTHETIC_QUESTIONS}.get(
+            kind, DEFAULT_SYNTHETIC_SAMPLES)
         try:
             size = int(count) if count else default
         except ValueError:
@@ -52,6 +56,8 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
                 raise ValueError("data.clip_frames must be >= 2 (a prompted frame and one to track), "
                                  f"got {clip_frames}")
             return SyntheticVideos(split, size=size, image_size=image_size, seed=seed, num_frames=clip_frames)
+        if kind == "synthetic_qa":
+            return SyntheticSceneQuestions(split, size=size, image_size=image_size, seed=seed)
         return SyntheticInst2Seg(split, size=size, image_size=image_size, seed=seed,
                                  prompts="phrases" if kind == "synthetic_phrases" else "instructions")
     if kind == "inst2seg":
@@ -77,7 +83,7 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
             raise ValueError(f"data spec {spec!r}: no samples" + (f" in split {split!r}" if split else ""))
         return loaded
     raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]', 'synthetic_phrases:SPLIT[:N]', "
-                     f"'inst2seg:DIR[:SPLIT]', "
+                     f"'synthetic_qa:SPLIT[:N]', 'inst2seg:DIR[:SPLIT]', "
                      f"'synthetic_video:SPLIT[:N]', 'refer:ROOT:DATASET:SPLIT_BY[:SPLIT]' or "
                      f"'grefcoco:ROOT:SPLIT_BY[:SPLIT]'")
 
@@ -92,7 +98,7 @@ def _by_image(image_ids) -> list[list[int]]:
 
 def image_groups(dataset) -> list[list[int]]:
     """Sample indices grouped by image, in dataset order (without decoding any image)."""
-    if isinstance(dataset, SyntheticInst2Seg):
+    if isinstance(dataset, (SyntheticInst2Seg, SyntheticSceneQuestions)):
         k, n = dataset.instructions_per_image, len(dataset)
         return [list(range(start, min(start + k, n))) for start in range(0, n, k)]
     if isinstance(dataset, Inst2SegDataset):
@@ -144,6 +150,8 @@ def collate_groups(dataset, groups: list[list[int]]):
     """A Batch of image groups, or a ClipBatch of videos (one video per group)."""
     if isinstance(dataset, SyntheticVideos):
         return collate_clips(dataset, [g[0] for g in groups])
+    if isinstance(dataset, SyntheticSceneQuestions):
+        return collate_questions(dataset, groups)
     images, instructions, tasks, image_index, targets, samples = [], [], [], [], [], []
     for g, indices in enumerate(groups):
         group = [dataset[i] for i in indices]
@@ -209,6 +217,44 @@ def make_loader(dataset, groups: list[list[int]], batch_groups: list[list[int]],
                                        persistent_workers=False)
 
 
+@dataclass
+class QuestionBatch:
+    """M images and N >= M questions about them, with their answers (the language objective)."""
+
+    images: list[np.ndarray]
+    questions: list[str]
+    answers: list[str]
+    kinds: list[str]
+    image_index: list[int]
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def model_inputs(self) -> tuple:  # LanguageStep's arguments
+        return (self.images, self.questions, self.answers, self.image_index)
+
+    def targets_on(self, device: torch.device) -> None:  # the answers are the targets, inside the step's output
+        return None
+
+
+def collate_questions(dataset, groups: list[list[int]]) -> QuestionBatch:
+    batch = QuestionBatch([], [], [], [], [])
+    for g, indices in enumerate(groups):
+        for i in indices:
+            sample = dataset[i]
+            if i == indices[0]:
+                batch.images.append(sample.image)
+            batch.questions.append(sample.question)
+            batch.answers.append(sample.answer)
+            batch.kinds.append(sample.kind)
+            batch.image_index.append(g)
+    return batch
+
+
 def first_frame_objects(masks: dict[int, np.ndarray]) -> list[int]:
     """The object ids of a clip (id -> (T, H, W) masks) visible on its first frame: the ones a tracker is
     prompted with."""
@@ -242,6 +288,7 @@ def collate_clips(videos, indices: list[int]) -> ClipBatch:
     return ClipBatch([s.frames for s in samples], [s.masks for s in samples])
 
 
-__all__ = ["first_frame_objects", "ClipBatch", "collate_clips", "Batch", "build_dataset", "image_groups",
+__all__ = ["first_frame_objects", "ClipBatch", "collate_clips", "QuestionBatch", "collate_questions", "Batch",
+           "build_dataset", "image_groups",
            "sample_target", "collate_groups", "epoch_batches", "make_loader", "GroupBatches",
            "DEFAULT_SYNTHETIC_SAMPLES"]

@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from instructsam_tools.data.format import InstructionSample
 from instructsam_tools.data.inst2seg import encode_mask, mask_to_box, save_png, write_inst2seg
+from instructsam_tools.data.scene_questions import SceneQuestion, scene_questions
 from instructsam_tools.data.synthetic_language import (PHRASE_FAMILIES, Instruction, LanguageContext,
                                                       generate_instructions)
 from instructsam_tools.data.synthetic_scene import HELDOUT_PAIRS, SHAPES, Scene, generate_scene
@@ -32,7 +34,7 @@ from instructsam_tools.data.synthetic_video import VideoSample, generate_video, 
 SPLITS = ("train", "val", "test", "heldout")
 _SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
 CATEGORIES = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
-_SCENE, _LANGUAGE, _VIDEO = 0, 1, 2  # independent random streams per item
+_SCENE, _LANGUAGE, _VIDEO, _QUESTIONS = 0, 1, 2, 3  # independent random streams per item
 PROMPT_FAMILIES = {"instructions": None, "phrases": PHRASE_FAMILIES}  # family weights (None: FAMILY_WEIGHTS)
 
 
@@ -60,18 +62,25 @@ def allow_pair_for(split: str):
     return lambda c, s: (c, s) not in HELDOUT_PAIRS
 
 
-def generate_image_item(split: str, scene_index: int, image_size: int = 128, seed: int = 0,
-                        instructions_per_image: int = 4, max_objects: int = 12, prompts: str = "instructions"
-                        ) -> tuple[int, Scene, list[Instruction]]:
-    """(image_id, scene, instructions) for one scene of a split; a pure function of its arguments. prompts:
-    "instructions" (the instruction families) or "phrases" (SAM3-style concept prompts; the scene is the same)."""
-    families = prompt_families(prompts)
+def split_scene(split: str, scene_index: int, image_size: int, seed: int, max_objects: int
+                ) -> tuple[int, Scene, LanguageContext]:
+    """(image_id, scene, language context) of one scene of a split: what every kind of text about it shares."""
     image_id = scene_index + 1
     scene = generate_scene(item_rng(seed, split, scene_index, _SCENE), image_size=image_size,
                            max_objects=max_objects, heldout="include" if split == "heldout" else "exclude",
                            first_obj_id=image_id * 100 + 1)
     ctx = LanguageContext(image_size=image_size, allow_pair=allow_pair_for(split),
                           focus_pairs=HELDOUT_PAIRS if split == "heldout" else frozenset())
+    return image_id, scene, ctx
+
+
+def generate_image_item(split: str, scene_index: int, image_size: int = 128, seed: int = 0,
+                        instructions_per_image: int = 4, max_objects: int = 12, prompts: str = "instructions"
+                        ) -> tuple[int, Scene, list[Instruction]]:
+    """(image_id, scene, instructions) for one scene of a split; a pure function of its arguments. prompts:
+    "instructions" (the instruction families) or "phrases" (SAM3-style concept prompts; the scene is the same)."""
+    families = prompt_families(prompts)
+    image_id, scene, ctx = split_scene(split, scene_index, image_size, seed, max_objects)
     instructions = generate_instructions(item_rng(seed, split, scene_index, _LANGUAGE), scene.visible_objects(),
                                          ctx, instructions_per_image,
                                          require=involves_heldout if split == "heldout" else None,
@@ -94,6 +103,15 @@ def to_sample(image_id: int, scene: Scene, ins: Instruction, instruction_id: str
     return InstructionSample(image_id=image_id, image=scene.image, instruction_id=instruction_id, text=ins.text,
                              task=ins.task, family=ins.family, target_ids=[o.obj_id for o in targets],
                              masks=masks, boxes=boxes, other_masks=other_masks, other_boxes=other_boxes)
+
+
+def scene_position(idx: int, size: int, per_scene: int) -> tuple[int, int]:
+    """(scene index, text index in the scene) of sample `idx` (negative counts from the end) of `size` samples."""
+    if idx < 0:
+        idx += size
+    if not 0 <= idx < size:
+        raise IndexError(f"index {idx} out of range for {size} samples")
+    return divmod(idx, per_scene)
 
 
 class SyntheticInst2Seg:
@@ -130,13 +148,54 @@ class SyntheticInst2Seg:
         return self._cache[1]
 
     def __getitem__(self, idx: int) -> InstructionSample:
-        if idx < 0:
-            idx += self.size
-        if not 0 <= idx < self.size:
-            raise IndexError(f"index {idx} out of range for {self.size} samples")
-        scene_index, k = divmod(idx, self.instructions_per_image)
+        scene_index, k = scene_position(idx, self.size, self.instructions_per_image)
         image_id, scene, instructions = self.scene(scene_index)
         return to_sample(image_id, scene, instructions[k], f"{self.split}-{image_id:06d}-{k}")
+
+
+@dataclass(frozen=True)
+class QuestionSample:
+    """One question about one image, with its answer (the VLM's scene-language pretraining)."""
+
+    image_id: int
+    image: np.ndarray  # (H, W, 3) uint8
+    question: str
+    answer: str
+    kind: str  # scene_questions.QUESTION_KINDS
+
+
+class SyntheticSceneQuestions:
+    """In-memory scene-language split: sample i = question i % K about scene i // K, the scenes those of
+    SyntheticInst2Seg (the same split, seed and image size give the same images). Deterministic as that class."""
+
+    def __init__(self, split: str = "train", size: int = 1200, image_size: int = 128, seed: int = 0,
+                 questions_per_image: int = 6, max_objects: int = 12) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        self.split, self.size, self.image_size, self.seed = split, int(size), int(image_size), int(seed)
+        self.instructions_per_image, self.max_objects = int(questions_per_image), int(max_objects)
+        self._cache: tuple[int, tuple] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def scene(self, scene_index: int) -> tuple[int, Scene, list[SceneQuestion]]:
+        if self._cache is None or self._cache[0] != scene_index:
+            image_id, scene, ctx = split_scene(self.split, scene_index, self.image_size, self.seed, self.max_objects)
+            k = self.instructions_per_image
+            questions = scene_questions(item_rng(self.seed, self.split, scene_index, _QUESTIONS),
+                                        scene.visible_objects(), ctx, k)
+            if len(questions) < k:
+                raise RuntimeError(f"{self.split} scene {scene_index}: only {len(questions)} of {k} distinct "
+                                   f"questions")
+            self._cache = (scene_index, (image_id, scene, questions))
+        return self._cache[1]
+
+    def __getitem__(self, idx: int) -> QuestionSample:
+        scene_index, k = scene_position(idx, self.size, self.instructions_per_image)
+        image_id, scene, questions = self.scene(scene_index)
+        q = questions[k]
+        return QuestionSample(image_id, scene.image, q.question, q.answer, q.kind)
 
 
 class SyntheticVideos:

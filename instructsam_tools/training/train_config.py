@@ -11,7 +11,8 @@ import yaml
 
 from instructsam_tools.yaml_files import deep_merge, read_yaml_tree, resolve_path
 
-OBJECTIVES = ("instances", "tracking")
+OBJECTIVES = ("instances", "tracking", "language")
+OBJECTIVE_DATA = {"tracking": "synthetic_video:", "language": "synthetic_qa:"}  # the data spec kind each needs
 TRACKER_ATTENTION_INITS = ("positional",)  # model.tracker_attention_init values
 
 
@@ -94,7 +95,8 @@ class LoopSection:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    objective: str = "instances"  # "instances": InstructSAM set prediction; "tracking": SAM3's tracker on videos
+    objective: str = "instances"  # "instances": InstructSAM set prediction; "tracking": SAM3's tracker on videos;
+    # "language": the VLM on scene questions and answers (language_objective.py)
     output_dir: str = "runs/train"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -110,11 +112,12 @@ class TrainConfig:
         t, o = self.train, self.optim
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        want_video = self.objective == "tracking"
-        if any(spec.startswith("synthetic_video:") != want_video for spec in (self.data.train, self.data.val) if spec):
-            raise ValueError(f"objective {self.objective!r} needs "
-                             f"{'synthetic_video:' if self.objective == 'tracking' else 'image'} data specs for "
-                             f"data.train and data.val, got {self.data.train!r} / {self.data.val!r}")
+        want = OBJECTIVE_DATA.get(self.objective)
+        for spec in (self.data.train, self.data.val):
+            kind = next((k for k in OBJECTIVE_DATA.values() if spec and spec.startswith(k)), None)
+            if spec and kind != want:
+                raise ValueError(f"objective {self.objective!r} needs {want or 'instruction'} data specs for "
+                                 f"data.train and data.val, got {self.data.train!r} / {self.data.val!r}")
         init = self.model.tracker_attention_init
         if init is not None and (init not in TRACKER_ATTENTION_INITS or self.objective != "tracking"):
             raise ValueError(f"model.tracker_attention_init must be null or one of {list(TRACKER_ATTENTION_INITS)} "

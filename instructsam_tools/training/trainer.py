@@ -36,6 +36,7 @@ from instructsam_tools.training.matcher import HungarianMatcher
 from instructsam_tools.training.model_build import (  # noqa: F401  (build_model, load_step_model, DistInfo: the trainer's API too)
     DistInfo, barrier, build_model, load_step_model, seed_everything, setup_distributed,
 )
+from instructsam_tools.training.language_objective import LanguageCriterion, LanguageStep, evaluate_answers
 from instructsam_tools.training.tracker_objective import TrackingCriterion, TrackingStep
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,10 +84,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
 
 
 def build_criterion(cfg: TrainConfig) -> nn.Module:
-    """The objective's loss: SetCriterion (instances) or TrackingCriterion (tracking)."""
+    """The objective's loss: SetCriterion (instances), TrackingCriterion (tracking) or LanguageCriterion."""
     mc, lc = cfg.matcher, cfg.loss
     if cfg.objective == "tracking":
         return TrackingCriterion(lc.weights)
+    if cfg.objective == "language":
+        return LanguageCriterion()
     matcher = HungarianMatcher(cost_class=mc.cost_class, cost_mask=mc.cost_mask, cost_dice=mc.cost_dice,
                                cost_bbox=mc.cost_bbox, cost_giou=mc.cost_giou, mask_cost_size=mc.mask_cost_size,
                                focal_alpha=lc.focal_alpha, focal_gamma=lc.focal_gamma)
@@ -156,8 +159,8 @@ class Run:
     cfg: TrainConfig
     info: DistInfo
     model: InstructSAMModel
-    step_module: nn.Module  # SegmentationStep or TrackingStep, DDP-wrapped when distributed
-    criterion: nn.Module  # SetCriterion or TrackingCriterion
+    step_module: nn.Module  # SegmentationStep, TrackingStep or LanguageStep, DDP-wrapped when distributed
+    criterion: nn.Module  # SetCriterion, TrackingCriterion or LanguageCriterion
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
@@ -255,6 +258,10 @@ def evaluate_during_training(run: Run, final: bool = False) -> dict | None:
             summary = evaluate_tracker(run.model, run.val_dataset, max_videos=run.cfg.train.eval_samples,
                                        progress=False)
             keys = ("J&F", "J", "F", "objects")
+        elif run.cfg.objective == "language":
+            summary = evaluate_answers(run.model, run.val_dataset, max_samples=run.cfg.train.eval_samples,
+                                       images_per_batch=max(1, run.cfg.data.images_per_batch))
+            keys = tuple(summary)
         else:
             from instructsam_tools.evaluation.evaluate import evaluate_model
 
@@ -328,7 +335,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_at_step: int 
     seed_everything(cfg.seed)
     model = build_model(cfg, info)
     seed_everything(cfg.seed + info.rank)  # the same RNG stream whether the model was built here or loaded
-    step_module: nn.Module = TrackingStep(model) if cfg.objective == "tracking" else SegmentationStep(model)
+    step_module: nn.Module = {"tracking": TrackingStep, "language": LanguageStep}.get(
+        cfg.objective, SegmentationStep)(model)
     if info.distributed:
         step_module = DistributedDataParallel(
             step_module, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
@@ -383,7 +391,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_at_step: int 
         result["final"] = str(final_dir)
         summary = evaluate_during_training(run, final=True)
         if summary is not None:
-            keys = ("J&F", "J", "F") if cfg.objective == "tracking" else ("mAP", "AP50", "gIoU", "N-acc", "T-acc")
+            keys = {"tracking": ("J&F", "J", "F"), "language": tuple(summary)}.get(
+                cfg.objective, ("mAP", "AP50", "gIoU", "N-acc", "T-acc"))
             result["eval"] = {k: summary.get(k) for k in keys}
     if cfg.train.save_rank_weights:
         from safetensors.torch import save_file
