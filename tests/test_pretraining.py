@@ -329,3 +329,12 @@ def test_stage3_trains_instructsam_with_sam3s_vit_and_the_vlm_frozen_and_resumes
     assert any("lora_" in k for k in moved) and "query_bank" in moved
     assert any(k.startswith("projector.") for k in moved)
     assert any(".detr_decoder." in k for k in moved) and any(".mask_decoder." in k for k in moved)
+
+
+def test_the_language_objective_refuses_data_without_questions():
+    from instructsam_tools.training.train_config import load_config
+
+    with pytest.raises(ValueError, match="'language' needs synthetic_qa: data specs"):
+        load_config(REPO / "config" / "train_vlm_tiny.yaml", ["data.val=synthetic:val:10"])
+    with pytest.raises(ValueError, match="'instances' needs image data specs"):
+        load_config(REPO / "config" / "train_tiny.yaml", ["data.train=synthetic_qa:train:12"])

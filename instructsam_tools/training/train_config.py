@@ -116,7 +116,7 @@ class TrainConfig:
         for spec in (self.data.train, self.data.val):
             kind = next((k for k in OBJECTIVE_DATA.values() if spec and spec.startswith(k)), None)
             if spec and kind != want:
-                raise ValueError(f"objective {self.objective!r} needs {want or 'instruction'} data specs for "
+                raise ValueError(f"objective {self.objective!r} needs {want or 'image'} data specs for "
                                  f"data.train and data.val, got {self.data.train!r} / {self.data.val!r}")
         init = self.model.tracker_attention_init
         if init is not None and (init not in TRACKER_ATTENTION_INITS or self.objective != "tracking"):
