@@ -36,11 +36,11 @@ def question_prompts(model: InstructSAMModel) -> PromptBuilder:
                          use_templates=False)
 
 
-def answer_logits(model: InstructSAMModel, features, questions: list[str], answers: list[str],
-                  image_index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_logits(model: InstructSAMModel, prompts: PromptBuilder, features, questions: list[str],
+                  answers: list[str], image_index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced next-token logits over the question + answer suffixes (N, S - 1, V) and their labels
-    (N, S - 1): the next token where it belongs to the answer (or its <|im_end|>), IGNORE elsewhere."""
-    prompts = question_prompts(model)
+    (N, S - 1): the next token where it belongs to the answer (or its <|im_end|>), IGNORE elsewhere.
+    prompts: question_prompts(model), built once by the caller."""
     tokens = prompts.encode(questions, task="referring", with_queries=False)
     rows, starts = [], []
     for n, answer in enumerate(answers):
@@ -70,10 +70,16 @@ class LanguageStep(nn.Module):
     def __init__(self, model: InstructSAMModel):
         super().__init__()
         self.model = model
+        self.prompts = question_prompts(model)
 
     def forward(self, images, questions: list[str], answers: list[str], image_index: list[int]):
         features = self.model.encode_image(images, tracker=False)
-        return answer_logits(self.model, features, questions, answers, image_index)
+        return answer_logits(self.model, self.prompts, features, questions, answers, image_index)
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the answer tokens (the IGNORE positions left out)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction=reduction)
 
 
 def answered(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -87,7 +93,7 @@ class LanguageCriterion(nn.Module):
 
     def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], targets=None) -> dict[str, torch.Tensor]:
         logits, labels = outputs
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        loss = answer_loss(logits, labels)
         with torch.no_grad():
             scored = labels != IGNORE
             token_acc = ((logits.argmax(-1) == labels) & scored).sum() / scored.sum().clamp(min=1)
@@ -104,6 +110,7 @@ def evaluate_answers(model: InstructSAMModel, dataset, max_samples: int | None =
 
     was_training = model.training
     model.eval()
+    prompts = question_prompts(model)
     groups = image_groups(dataset)
     if max_samples is not None:
         groups = [g for g in groups if g[-1] < max_samples]
@@ -111,10 +118,9 @@ def evaluate_answers(model: InstructSAMModel, dataset, max_samples: int | None =
     for start in range(0, len(groups), images_per_batch):
         batch = collate_questions(dataset, groups[start:start + images_per_batch])
         features = model.encode_image(batch.images, tracker=False)
-        logits, labels = answer_logits(model, features, batch.questions, batch.answers, batch.image_index)
-        scored = int((labels != IGNORE).sum())
-        losses += float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)) * scored
-        tokens += scored
+        logits, labels = answer_logits(model, prompts, features, batch.questions, batch.answers, batch.image_index)
+        losses += float(answer_loss(logits, labels, reduction="sum"))
+        tokens += int((labels != IGNORE).sum())
         for kind, ok in zip(batch.kinds, answered(logits, labels).tolist()):
             for key in ("all", kind):
                 total[key] += 1
@@ -126,5 +132,5 @@ def evaluate_answers(model: InstructSAMModel, dataset, max_samples: int | None =
     return summary
 
 
-__all__ = ["IGNORE", "question_prompts", "answer_logits", "LanguageStep", "LanguageCriterion", "answered",
-           "evaluate_answers"]
+__all__ = ["IGNORE", "question_prompts", "answer_logits", "LanguageStep", "LanguageCriterion", "answer_loss",
+           "answered", "evaluate_answers"]

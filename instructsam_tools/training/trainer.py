@@ -32,11 +32,11 @@ from instructsam_tools.training.step_checkpoints import latest_checkpoint, load_
 from instructsam_tools.training.train_config import TrainConfig
 from instructsam_tools.training.criterion import SetCriterion
 from instructsam_tools.training.denoising import noised_reference_boxes
+from instructsam_tools.training.language_objective import LanguageCriterion, LanguageStep, evaluate_answers
 from instructsam_tools.training.matcher import HungarianMatcher
 from instructsam_tools.training.model_build import (  # noqa: F401  (build_model, load_step_model, DistInfo: the trainer's API too)
     DistInfo, barrier, build_model, load_step_model, seed_everything, setup_distributed,
 )
-from instructsam_tools.training.language_objective import LanguageCriterion, LanguageStep, evaluate_answers
 from instructsam_tools.training.tracker_objective import TrackingCriterion, TrackingStep
 
 # ---------------------------------------------------------------------------------------------------------------
