@@ -13,6 +13,7 @@ Components (state-dict prefixes): `vlm` (Qwen3VLForConditionalGeneration, LoRA i
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ from instructsam.preprocess import ImagesInput, patchify_for_qwen, to_image_list
 from instructsam.prompting import PromptBuilder, TokenizedInstructions
 from instructsam.sam3_queries import (QueryProjector, ReferenceProjector, Sam3VisionEncoderOutput, decode_queries,
                                       encode_prompted, select_vision)
+from instructsam.tracker_resolution import TrackerResolution
 
 
 DIT_ENCODER_PREFIX = "sam3.detector_model.vision_encoder.backbone."  # SAM3's ViT, DIT's fusion network
@@ -85,6 +87,7 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                      config.lora_target_modules)
         self.tokenizer = None  # attached by from_pretrained / compose (`attach_tokenizer`)
         self._prompts: PromptBuilder | None = None
+        self._tracker_resolution: TrackerResolution | None = None  # set_tracker_scale; None: the detector's size
         self.post_init()
         self.apply_freezing()
 
@@ -98,6 +101,24 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
     def tracker(self):
         """SAM3's tracker (`Sam3TrackerVideoModel` without its own vision encoder: feed it `tracker_features`)."""
         return self.sam3.tracker_model
+
+    @property
+    def tracker_input_size(self) -> int:
+        """The square input size SAM3's tracker (and the ViT pass it reads) runs at: see set_tracker_scale."""
+        res = self._tracker_resolution
+        return int(self.tracker.image_size) if res is None else res.image_size
+
+    def set_tracker_scale(self, scale: float) -> int:
+        """Run SAM3's tracker, and the ViT pass it reads on tracked frames, at `scale` x the detector's token grid
+        (1: the same features as the detector; a cost lever, tracker_resolution.py). Model-wide, for inference:
+        features encoded before a change cannot be tracked after it. Returns the tracker's input size in effect."""
+        res = TrackerResolution(self, scale)
+        self._tracker_resolution = None if res.image_size == self.tracker.image_size else res
+        return self.tracker_input_size
+
+    def _tracker_grid(self):
+        res = self._tracker_resolution
+        return contextlib.nullcontext() if res is None else res.tracker()
 
     @property
     def language_model(self):
@@ -258,19 +279,28 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                 m = len(imgs)
                 image_embeds = vis.pooler_output.reshape(m, -1, vis.pooler_output.shape[-1])
                 deepstack = [d.reshape(m, -1, d.shape[-1]) for d in vis.deepstack_features]
+        small = self._tracker_resolution if tracker else None  # the tracker's own, smaller ViT pass
+        backbone = self.detector.vision_encoder.backbone
+        pixels = functools.partial(to_square_pixels, imgs, mean=cfg.sam3_image_mean, std=cfg.sam3_image_std,
+                                   device=device, dtype=self.detector.dtype, quantize=cfg.inference_mode == "reference")
+        sam_pixels = tracker_vision = None
         with self._grad_context(self.detector.vision_encoder):
-            sam_pixels = to_square_pixels(imgs, cfg.image_size, cfg.sam3_image_mean, cfg.sam3_image_std, device,
-                                          self.detector.dtype, quantize=cfg.inference_mode == "reference")
+            if vlm or small is None:
+                sam_pixels = pixels(cfg.image_size)
             if vlm and not fused:
                 sam3_vision = self.detector.get_vision_features(pixel_values=sam_pixels)
-            elif fused and not tracker:
-                sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=None)
+            elif (fused and not tracker) or small is not None:
+                sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=None)  # nothing reads full-size ViT output
             else:  # only the tracker reads these, through its own neck: skip the detector's FPN neck too
                 with torch.no_grad() if fused else contextlib.nullcontext():  # DIT trains the ViT in `segment`
-                    backbone = self.detector.vision_encoder.backbone(sam_pixels)
-                sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=backbone.last_hidden_state)
+                    sam3_vision = Sam3VisionEncoderOutput(last_hidden_state=backbone(sam_pixels).last_hidden_state)
+            if small is not None:
+                with torch.no_grad(), small.vit():
+                    tracker_vision = Sam3VisionEncoderOutput(
+                        last_hidden_state=backbone(pixels(small.image_size)).last_hidden_state)
         return ImageFeatures(vlm_image_embeds=image_embeds, vlm_deepstack=deepstack, vlm_grid_thw=grid_thw,
-                             sam3=sam3_vision, original_sizes=sizes, sam3_pixels=sam_pixels if fused and vlm else None)
+                             sam3=sam3_vision, original_sizes=sizes, sam3_pixels=sam_pixels if fused and vlm else None,
+                             tracker_vision=tracker_vision)
 
     def _qwen_patches(self, imgs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if len({tuple(im.shape) for im in imgs}) > 1:
@@ -283,9 +313,16 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         """SAM3-tracker inputs for image `index` of `features`, derived from the cached SAM3 ViT output (the
         ViT is not re-run). Returns {"vision_feats", "vision_pos_embeds"} ready for
         `Sam3TrackerVideoInferenceSession.cache.cache_vision_features(frame_idx, ...)`. Memoised in `features`."""
+        source = features.sam3 if features.tracker_vision is None else features.tracker_vision
+        grid = self.tracker_input_size // int(self.detector.vision_encoder.backbone.config.patch_size)
+        tokens = None if source.last_hidden_state is None else int(source.last_hidden_state.shape[1])
+        if tokens != grid * grid:
+            raise InstructSAMInputError(f"these features hold {tokens} ViT tokens for the tracker, which now runs on "
+                                        f"{grid}x{grid} (set_tracker_scale changed in between?): encode the frame "
+                                        "again")
         if index not in features.tracker:
-            vision = select_vision(features.sam3, torch.tensor([index], device=self.device))
-            with self._grad_context(self.sam3.tracker_neck):
+            vision = select_vision(source, torch.tensor([index], device=self.device))
+            with self._grad_context(self.sam3.tracker_neck), self._tracker_grid():
                 feats, pos = self.sam3.get_vision_features_for_tracker(vision)
             features.tracker[index] = {"vision_feats": feats, "vision_pos_embeds": pos}
         return features.tracker[index]
@@ -299,9 +336,10 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         # our tracker has no vision encoder and reads only the cached features, so a 1-pixel placeholder stands in
         # for the frame (passing one, with the explicit index, keeps the tracker in streaming mode)
         kwargs = dict(inference_session=session, frame_idx=frame_idx, frame=torch.zeros(3, 1, 1, device=self.device))
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.tracker.parameters()):
-            return type(self.tracker).forward.__wrapped__(self.tracker, **kwargs)
-        return self.tracker(**kwargs)
+        with self._tracker_grid():
+            if torch.is_grad_enabled() and any(p.requires_grad for p in self.tracker.parameters()):
+                return type(self.tracker).forward.__wrapped__(self.tracker, **kwargs)
+            return self.tracker(**kwargs)
 
     # ---- language model -------------------------------------------------------------------------------------
     def _embed_suffix(self, tokens: TokenizedInstructions) -> torch.Tensor:

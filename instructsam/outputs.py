@@ -21,6 +21,8 @@ class ImageFeatures:
     vlm_grid_thw: (M, 3) patch grid per image (needed for Qwen3-VL's 3D rope positions).
     sam3: SAM3 vision output (ViT last_hidden_state + FPN features and their position encodings), batch M.
     original_sizes: (height, width) of each input image.
+    tracker_vision: SAM3's ViT output at the tracker's smaller input, when the model tracks at a lower resolution
+        (InstructSAMModel.set_tracker_scale); the tracker then reads it instead of `sam3`.
     tracker: per image index, SAM3-tracker inputs derived from `sam3` (filled by
         `InstructSAMModel.tracker_features`), so the tracker never re-runs the ViT.
     prefix_cache: the VLM's KV cache of the image prefix, filled by the first no-grad `segment` call and reused
@@ -35,6 +37,7 @@ class ImageFeatures:
     tracker: dict[int, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
     prefix_cache: object | None = None
     sam3_pixels: torch.Tensor | None = None  # DIT mode's keyframes: SAM3's input, re-encoded with each instruction
+    tracker_vision: Sam3VisionEncoderOutput | None = None  # ViT output at the tracker's smaller input (None: `sam3`)
 
     def __len__(self) -> int:
         return len(self.original_sizes)
@@ -45,13 +48,18 @@ class ImageFeatures:
 
         one = slice(i, i + 1)
         pick = (lambda t: None if t is None else t[one])
+
+        def vision(v):  # the batch's SAM3 vision output (possibly empty, or absent) at image i
+            if v is None or v.last_hidden_state is None:
+                return v
+            return select_vision(v, torch.tensor([i], device=v.last_hidden_state.device))
+
         return ImageFeatures(
             vlm_image_embeds=pick(self.vlm_image_embeds),
             vlm_deepstack=None if self.vlm_deepstack is None else [d[one] for d in self.vlm_deepstack],
             vlm_grid_thw=pick(self.vlm_grid_thw),
-            sam3=select_vision(self.sam3, torch.tensor([i], device=self.sam3.last_hidden_state.device))
-            if self.sam3.last_hidden_state is not None else self.sam3,
-            original_sizes=self.original_sizes[one], sam3_pixels=pick(self.sam3_pixels))
+            sam3=vision(self.sam3), original_sizes=self.original_sizes[one], sam3_pixels=pick(self.sam3_pixels),
+            tracker_vision=vision(self.tracker_vision))
 
 
 @dataclass

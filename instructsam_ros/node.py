@@ -510,7 +510,7 @@ class InstructSAMNode(Node):
                 input_rate_hz=f"{(s.received - received0) / dt:.2f}" if dt else "0.00",
                 processed_rate_hz=f"{(s.published - published0) / dt:.2f}" if dt else "0.00",
                 received=s.received, processed=s.published, dropped=stats.get("dropped", 0),
-                bad_frames=s.bad_frames, errors=s.errors,
+                unchanged=stats.get("unchanged", 0), bad_frames=s.bad_frames, errors=s.errors,
                 latency_p50_ms=f"{stats.get('latency_p50_ms', 0.0):.1f}",
                 latency_p95_ms=f"{stats.get('latency_p95_ms', 0.0):.1f}", device=self.device or "none",
                 publishers=publishers, reliability=s.reliability or "none",

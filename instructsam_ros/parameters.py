@@ -82,8 +82,15 @@ PARAMS: tuple[Param, ...] = (
           range=(0, 100_000)),
     Param("max_new_tokens", 64, "models that write an answer first (the published InstructSAM-2B): at most this "
           "many tokens per keyframe", RUNTIME, range=(1, 4096)),
-    Param("tracker_memory_frames", 0, "past frames SAM3's tracker reads through memory attention (0: the "
-          "checkpoint's own, 7 for SAM3; fewer cost less, BENCHMARKS.md section 10)", RUNTIME, range=(0, 64)),
+    Param("tracker_memory_frames", 4, "past frames SAM3's tracker reads through memory attention (0: the "
+          "checkpoint's own, 7 for SAM3; fewer cost less; 4 tracks as well as 7 in BENCHMARKS.md section 10)",
+          RUNTIME, range=(0, 64)),
+    Param("tracker_scale", 1.0, "SAM3's tracker, and the ViT pass a tracked frame runs, at this times the "
+          "detector's token grid (1: the same; smaller costs less and tracks less well, BENCHMARKS.md section 10)",
+          RUNTIME, range=(0.05, 1.0)),
+    Param("skip_unchanged", 0.0, "a tracked frame whose 8x8-pixel block means all differ by less than this many "
+          "grey levels from the camera's last processed frame repeats its instances without model work (0: off; "
+          "for static cameras, BENCHMARKS.md section 10)", RUNTIME, range=(0.0, 255.0)),
     Param("batch_cameras", False, "encode the waiting frames of all cameras in one batched pass per round "
           "(keyframes together, tracked frames together); BENCHMARKS.md section 9 has what it gains", RUNTIME),
     # process
@@ -94,7 +101,8 @@ BY_NAME = {p.name: p for p in PARAMS}
 # Parameters the node hands to the frame pipeline (PipelineSettings fields of the same name).
 PIPELINE_SETTINGS = ("default_task", "keyframe_interval", "keyframe_seconds", "score_threshold", "mask_threshold",
                      "nms_iou", "max_instances", "max_tracked", "match_iou", "lost_patience",
-                     "max_instruction_chars", "max_new_tokens", "batch_cameras", "tracker_memory_frames")
+                     "max_instruction_chars", "max_new_tokens", "batch_cameras", "tracker_memory_frames",
+                     "tracker_scale", "skip_unchanged")
 
 
 def camera_param_defaults(camera: str) -> dict[str, Any]:

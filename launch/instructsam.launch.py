@@ -42,6 +42,8 @@ ARGUMENTS = {
     "max_new_tokens": (int, "answer tokens per keyframe (models that write an answer first)"),
     "batch_cameras": (bool, "encode all cameras' waiting frames in one batched pass"),
     "tracker_memory_frames": (int, "past frames the tracker reads (0: the checkpoint's own)"),
+    "tracker_scale": (float, "tracker at this x the detector's token grid (1: the same)"),
+    "skip_unchanged": (float, "tracked frames changed by less than this (grey levels) reuse the last instances"),
     "sam3_checkpoint": (str, "facebook/sam3 directory for a checkpoint in the published InstructSAM-2B layout"),
     "autostart": (bool, "configure and activate at startup"),
 }

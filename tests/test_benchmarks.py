@@ -13,6 +13,8 @@ import torch
 
 from model_fixtures import load_tiny, tiny_dir
 
+from instructsam_tools.benchmarks.levers import LEVERS
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {"paths", "batching", "node", "scaling", "stream", "dit", "alternatives", "cameras", "levers"}
 
@@ -44,16 +46,21 @@ def test_smoke_run_reports_every_section_and_a_verdict_per_target(tmp_path):
     assert all(v["frame_ms"] > 0 and v["switch_ms"] > 0 for v in alternatives.values())
     cameras = results["sections"]["cameras"]["tiny"]  # 1/2/4 cameras, batched vs one after another
     assert set(cameras) == {"1", "2", "4"} and all(v["batched"]["frames"] > 0 for v in cameras.values())
-    levers = results["sections"]["levers"]  # memory frames 7/4/2: cost at tiny, the shipped tracker's J&F
-    assert set(levers["cost"]["tiny"]) == set(levers["quality"]) == {"7", "4", "2"}
-    assert all(0 <= q["J&F"] <= 1 for q in levers["quality"].values())
+    levers = results["sections"]["levers"]  # each lever's cost at tiny beside the shipped model's tracking quality
+    assert list(levers["cost"]["tiny"]) == list(levers["quality"]) == list(LEVERS)
+    assert [v["memory_frames"] for v in levers["quality"].values()] == [4, 7, 2, 4, 4, 4]
+    assert [v["tracker_input_size"] for v in levers["cost"]["tiny"].values()] == [112, 112, 112, 70, 56, 112]
+    assert all(0 <= q["J&F"] <= 1 and 0 <= q["bag"]["J&F"] <= 1 for q in levers["quality"].values())
+    still = {n: v["still_scene_ms"] for n, v in levers["cost"]["tiny"].items() if "still_scene_ms" in v}
+    assert set(still) == {"defaults", "skip unchanged 4"}
 
     targets = results["targets"]
-    # paths x2, batching, node x2, stream, alternatives x3, cameras: one line each, every one with a verdict
+    # paths x2, batching, node x2, stream, alternatives x3, cameras, levers x2 (the defaults' tracking quality):
+    # one line each, every one with a verdict
     assert {(t["section"], t["config"]) for t in targets} == {
         ("paths", "tiny"), ("batching", "tiny"), ("node", "any"), ("stream", "tiny"), ("alternatives", "tiny"),
-        ("cameras", "tiny")}
-    assert len(targets) == 10
+        ("cameras", "tiny"), ("levers", "tiny")}
+    assert len(targets) == 12
     table = proc.stdout
     for t in targets:
         assert t["verdict"] in ("PASS", "FAIL")

@@ -8,6 +8,7 @@ the bag evaluator) call it.
         keyframe? (scheduler.py)  yes ─► InstructSAM detect on those features ─► mask NMS ─► associate with
                                          tracks, re-condition SAM3's tracker on the detected masks (tracker_session.py)
                                   no  ─► SAM3 tracker step on the same features ─► mask NMS, lost/patience
+                                         (skip_unchanged: a frame that barely changed repeats the last instances)
         ─► FrameResult (stable ids per camera, never reused)
 
 Threads: submit() may be called from any thread (ROS callbacks); step()/step_any() from one worker thread.
@@ -56,7 +57,13 @@ class PipelineSettings:
     match_iou: float = 0.3  # mask IoU from which a keyframe detection continues an existing track
     max_new_tokens: int = 64  # reference-mode models: the most tokens the VLM may write per keyframe
     batch_cameras: bool = False  # run_worker: the waiting frames of all cameras through one batched encode
-    tracker_memory_frames: int = 0  # past frames SAM3's tracker reads (0: the checkpoint's own, 7 for SAM3)
+    # past frames SAM3's tracker reads (0: the checkpoint's own, 7 for SAM3). 4: the same tracking quality as 7 on
+    # the synthetic videos and bags, 0.70x instead of 0.81x a keyframe at full size (BENCHMARKS.md section 10)
+    tracker_memory_frames: int = 4
+    tracker_scale: float = 1.0  # SAM3's tracker (and a tracked frame's ViT) at this x the detector's token grid
+    # a tracked frame that differs from the camera's last frame the model saw by less than this (grey levels, the
+    # largest change of an 8x8-pixel block's mean) repeats that frame's instances without model work (0: off)
+    skip_unchanged: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +84,8 @@ class PipelineSettings:
         check(self.max_instruction_chars >= 1, "max_instruction_chars", ">= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
         check(self.tracker_memory_frames >= 0, "tracker_memory_frames", ">= 0 (0: the checkpoint's own)")
+        check(0.0 < self.tracker_scale <= 1.0, "tracker_scale", "in (0, 1] (1: the detector's resolution)")
+        check(0.0 <= self.skip_unchanged <= 255.0, "skip_unchanged", "in [0, 255] grey levels (0: off)")
         check(self.default_task in TASKS, "default_task", f"one of {TASKS}")
 
 
@@ -112,6 +121,7 @@ class FrameResult:
     processing_ms: float  # this frame's model work
     latency_ms: float  # from `received` (submit) to this result
     keyframe_reason: str = ""  # scheduler.py: "instruction" | "first" | "overrides" | "interval" | "seconds" | ""
+    unchanged: bool = False  # skipped as unchanged (settings.skip_unchanged): the last instances, no model work
     answer: str = ""  # reference-mode models: what the VLM wrote on the last keyframe of this instance set
 
 
@@ -143,6 +153,22 @@ class _Camera:
     tracker: CameraTracker = field(default_factory=CameraTracker)
     image_size: tuple[int, int] | None = None  # (H, W) of the last processed frame
     answer: str = ""  # the last keyframe's answer (reference mode), carried by the tracked frames after it
+    thumbnail: np.ndarray | None = None  # block means of the last frame the model saw (skip_unchanged)
+    unchanged: int = 0  # frames skipped as unchanged
+
+
+THUMBNAIL_BLOCK = 8  # skip_unchanged compares the means of 8x8-pixel blocks: sensor noise averages out, a moving
+# object does not
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> grey block means (H // 8, W // 8) float32 (a frame smaller than a block: its mean)."""
+    grey = image.mean(axis=2, dtype=np.float32)
+    b = THUMBNAIL_BLOCK
+    h, w = grey.shape[0] // b, grey.shape[1] // b
+    if not h or not w:
+        return grey.mean(keepdims=True)
+    return grey[:h * b, :w * b].reshape(h, b, w, b).mean(axis=(1, 3))
 
 
 def _percentile(values, q: float) -> float:
@@ -165,7 +191,13 @@ class FramePipeline:
         self._slots = threading.Lock()  # pending slots, counters, round-robin position
         self._token_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._token_lock = threading.Lock()
-        set_memory_frames(model, self.settings.tracker_memory_frames)
+        self._apply_tracker_levers(self.settings)
+
+    def _apply_tracker_levers(self, settings: PipelineSettings) -> None:
+        """The model-wide tracker settings. A camera whose session was made for another tracker resolution starts
+        again on its next keyframe (CameraTracker notices)."""
+        set_memory_frames(self.model, settings.tracker_memory_frames)
+        self.model.set_tracker_scale(settings.tracker_scale)
 
     def _tokens(self, text: str, task: str):
         """The instruction's tokens as segment() takes them, encoded once (when the instruction arrives) and reused
@@ -373,8 +405,11 @@ class FramePipeline:
                 settings: PipelineSettings) -> str:
         """Whether this frame is a keyframe (the reason, "" for a tracked frame), resetting what a new resolution or
         a new instruction invalidates."""
-        if cam.image_size not in (None, pending.image.shape[:2]):
-            # a new resolution: the tracker session is per size, so start over with a detection ("first")
+        session = cam.tracker.session
+        if cam.image_size not in (None, pending.image.shape[:2]) or \
+                (session is not None and session.image_size != self.model.tracker_input_size):
+            # a new resolution of the frames or of the tracker (tracker_scale): the tracker session is per size, so
+            # start over with a detection ("first")
             cam.scheduler.reset()
             cam.tracker.reset()
         cam.image_size = pending.image.shape[:2]
@@ -389,15 +424,20 @@ class FramePipeline:
                  settings: PipelineSettings, reason: str, start: float, features=None) -> FrameResult:
         """One camera's frame after _decide: `features` are its frame's, when a batched encode made them."""
         model = self.model
-        if not reason and not len(cam.tracker.tracks):  # nothing to track until the next keyframe: no model work
-            height, width = pending.image.shape[:2]
-            tracks = []
+        thumb = thumbnail(pending.image) if settings.skip_unchanged > 0 else None
+        unchanged = (not reason and thumb is not None and cam.thumbnail is not None
+                     and cam.thumbnail.shape == thumb.shape
+                     and float(np.abs(thumb - cam.thumbnail).max()) < settings.skip_unchanged)
+        if not reason and (unchanged or not len(cam.tracker.tracks)):  # no model work: nothing changed, or
+            height, width = pending.image.shape[:2]  # nothing to track until the next keyframe
+            tracks = cam.tracker.repeat() if unchanged else []
         else:  # encode once; the detector and the tracker both use these features (the VLM's only on keyframes)
             if features is None:
                 features = model.encode_image(pending.image, vlm=bool(reason))
             height, width = features.original_sizes[0]
             tracks = self._detect_or_track(cam, features, instruction, settings, reason)
             del features  # nothing of this frame's tensors outlives the step (the session keeps its own copy)
+            cam.thumbnail = thumb
         instances = [_instance(t, height, width) for t in sorted(tracks, key=lambda t: t.key)]
         cam.scheduler.record(instruction, bool(reason), start, settings)
         end = time.monotonic()
@@ -406,13 +446,14 @@ class FramePipeline:
             index = cam.processed
             cam.processed += 1
             cam.keyframes += bool(reason)
+            cam.unchanged += unchanged
             cam.processing_ms.append(processing_ms)
             cam.latency_ms.append(latency_ms)
             cam.tracks, cam.tracker_frames = len(cam.tracker.tracks), cam.tracker.stored_frames()
         return FrameResult(camera=cam.name, frame=pending.frame, height=height, width=width, instruction=instruction,
                            instances=instances, keyframe=bool(reason), frame_index=index,
                            processing_ms=processing_ms, latency_ms=latency_ms, keyframe_reason=reason,
-                           answer=cam.answer)
+                           answer=cam.answer, unchanged=unchanged)
 
     def _detect_or_track(self, cam: _Camera, features, instruction: ActiveInstruction, settings: PipelineSettings,
                          reason: str) -> list[Track]:
@@ -438,7 +479,8 @@ class FramePipeline:
         with self._slots:
             latency, processing = list(cam.latency_ms), list(cam.processing_ms)
             out = dict(camera=cam.name, received=cam.received, processed=cam.processed, dropped=cam.dropped,
-                       skipped=cam.skipped, bad_frames=cam.bad_frames, keyframes=cam.keyframes, errors=cam.errors,
+                       skipped=cam.skipped, unchanged=cam.unchanged, bad_frames=cam.bad_frames,
+                       keyframes=cam.keyframes, errors=cam.errors,
                        last_error=cam.last_error, pending=cam.pending is not None, tracks=cam.tracks,
                        tracker_frames=cam.tracker_frames)
         out.update(latency_p50_ms=_percentile(latency, 50), latency_p95_ms=_percentile(latency, 95),
@@ -453,8 +495,8 @@ class FramePipeline:
         if unknown:
             raise ValueError(f"unknown pipeline setting(s) {unknown}; known: {sorted(names)}")
         self.settings = dataclasses.replace(self.settings, **changes)  # validated in __post_init__; atomic swap
-        if "tracker_memory_frames" in changes:
-            set_memory_frames(self.model, self.settings.tracker_memory_frames)
+        if {"tracker_memory_frames", "tracker_scale"} & set(changes):
+            self._apply_tracker_levers(self.settings)
         return self.settings
 
     def reset(self, camera: str | None = None) -> None:

@@ -16,7 +16,8 @@ from instructsam.prompting import PromptBuilder, TokenizedInstructions
 class PipelineModel(Protocol):
     device: torch.device
     prompts: PromptBuilder  # encode(): the instruction's tokens, also its check when it arrives
-    tracker: Any  # SAM3's tracker module: image_size, config (memory sizes), dtype
+    tracker: Any  # SAM3's tracker module: config (memory sizes), dtype
+    tracker_input_size: int  # the square input size the tracker runs at (its mask prompts' size)
 
     def encode_image(self, images, vlm: bool = True) -> ImageFeatures:
         """Features of a frame, computed once; vlm=False: only what the tracker reads (tracked frames)."""
@@ -36,6 +37,10 @@ class PipelineModel(Protocol):
 
     def run_tracker(self, session, frame_idx: int) -> Any:
         """SAM3's tracker on a frame whose features the session has cached."""
+
+    def set_tracker_scale(self, scale: float) -> int:
+        """The tracker (and a tracked frame's encoding) at scale x the detector's token grid; returns its input
+        size (tracker_input_size)."""
 
 
 __all__ = ["PipelineModel"]

@@ -267,7 +267,7 @@ class TrackerSession:
         self.model = model
         tracker = model.tracker
         self.height, self.width = height, width
-        self.image_size = int(tracker.image_size)
+        self.image_size = int(model.tracker_input_size)  # the tracker's input: mask prompts are given at this size
         cfg = tracker.config
         self.window = max(int(cfg.num_maskmem) - 1, int(cfg.max_object_pointers_in_encoder) - 1, 1)
         self.max_cond_frames = int(cfg.max_cond_frame_num) if int(cfg.max_cond_frame_num) > 0 else 4
@@ -421,9 +421,14 @@ class CameraTracker:
     def stored_frames(self) -> int:
         return self.session.stored_frames() if self.session is not None else 0
 
+    def _current(self, model, height: int, width: int) -> bool:
+        """Whether the session still fits: the frame size and the tracker's input size it was made for."""
+        s = self.session
+        return s is not None and (s.height, s.width, s.image_size) == (height, width, model.tracker_input_size)
+
     def _session_for(self, model, height: int, width: int) -> TrackerSession:
-        if self.session is None or (self.session.height, self.session.width) != (height, width):
-            self.tracks.clear()  # a new image size: the old masks no longer apply
+        if not self._current(model, height, width):
+            self.tracks.clear()  # a new image size or tracker resolution: the old masks and memories no longer apply
             self.session = TrackerSession(model, height, width)
         return self.session
 
@@ -443,13 +448,21 @@ class CameraTracker:
         session.condition({t.key: t.mask for t in conditioned}, dropped)
         return list(self.tracks.tracks)
 
+    def repeat(self) -> list[Track]:
+        """A frame the pipeline found unchanged: the tracks as they are (a new one is no longer new), without a
+        tracker step; lost tracks' patience counts only the frames the tracker saw."""
+        for track in self.tracks.tracks:
+            if track.state == NEW:
+                track.state = TRACKED
+        return list(self.tracks.tracks)
+
     def track(self, model, features, *, mask_threshold: float, nms_iou: float, lost_patience: int) -> list[Track]:
         """A tracked (non-key) frame: propagate the tracks with SAM3's tracker."""
         if self.session is None:
             return list(self.tracks.tracks)
         height, width = features.original_sizes[0]
-        if (self.session.height, self.session.width) != (height, width):
-            self.reset()  # a new resolution (FramePipeline makes such a frame a keyframe)
+        if not self._current(model, height, width):
+            self.reset()  # a new frame size (FramePipeline makes such a frame a keyframe) or tracker resolution
             return []
         observations = self.session.predict(features, mask_threshold)
         dropped = self.tracks.observe(observations, nms_iou, lost_patience)

@@ -201,10 +201,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m instructsam_tools
 
     if "levers" in args.sections:
         from instructsam import resources
-        from instructsam_tools.benchmarks.levers import tracker_quality
+        from instructsam_tools.benchmarks.levers import quality_targets, tracker_quality
 
         sections.setdefault("levers", {})["quality"] = timed("levers quality", lambda: tracker_quality(
             resources.find("checkpoints/instructsam-tiny", "the shipped checkpoint")))
+        targets += quality_targets(sections["levers"]["quality"])
 
     if "node" in args.sections:
         from instructsam_tools.benchmarks.node_section import run_node
@@ -219,9 +220,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m instructsam_tools
         targets += found
 
     if "full_size" in args.sections:
-        from instructsam_tools.benchmarks.full_size import run_full_size
+        from instructsam_tools.benchmarks.full_size import full_size_targets, run_full_size
 
         sections["full_size"] = timed("full size", lambda: run_full_size(log=log))
+        targets += full_size_targets(sections["full_size"])
 
     command = f"{prog} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import torch

@@ -84,6 +84,8 @@ class Target:
             return f"{self.value:.3f}×"
         if self.unit == "%" and self.absolute:
             return f"{self.value:+.2f} %"
+        if self.absolute:
+            return f"{self.value:+.3f} {self.unit}"
         return f"{self.value:.2f} {self.unit}"
 
     def as_dict(self) -> dict:

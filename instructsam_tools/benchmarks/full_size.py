@@ -17,9 +17,11 @@ import torch
 
 from instructsam_tools.tiny import load_spec
 from instructsam_tools.benchmarks.common import (
-    FRAME_SIZE, INSTRUCTIONS, NODE_KEYFRAME_INTERVAL, NUM_OBJECTS, detection_kwargs, moving_shapes, tracking_pipeline,
+    FRAME_SIZE, INSTRUCTIONS, NODE_KEYFRAME_INTERVAL, NUM_OBJECTS, Target, detection_kwargs, moving_shapes,
+    tracking_pipeline,
 )
 from instructsam_tools.benchmarks.flops import FlopCount, count_flops, measure_activations
+from instructsam_tools.benchmarks.levers import DEFAULTS, LEVERS, apply_lever
 
 FULL_CONFIG = "config/model_full.yaml"
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor-core peak (no sparsity)
@@ -88,9 +90,6 @@ def _counted(fn):
     return count, result, peak, time.perf_counter() - start
 
 
-MEMORY_FRAMES = (4, 2)  # tracker_memory_frames settings counted beside the checkpoint's own 7
-
-
 def run_full_size(num_objects: int = NUM_OBJECTS, warm_frames: int = 8, log=print) -> dict:
     t0 = time.perf_counter()
     model, table = build_shell()
@@ -106,39 +105,60 @@ def run_full_size(num_objects: int = NUM_OBJECTS, warm_frames: int = 8, log=prin
             f"({seconds:.0f} s)")
 
     pipeline = tracking_pipeline(model, num_objects, keyframe_interval=10 ** 6)
-    count, first, peak, seconds = _counted(lambda: (pipeline.submit("cam", frames[0]), pipeline.step("cam"))[1])
+    camera = pipeline._camera("cam")
+
+    def step(frame, keyframe: bool | None = None):
+        result = (pipeline.submit("cam", frame), pipeline.step("cam"))[1]
+        if keyframe is not None and result.keyframe != keyframe:
+            raise RuntimeError(f"expected a {'keyframe' if keyframe else 'tracked frame'}")
+        return result
+
+    def fill_memory(features, frames_needed: int) -> list[float]:
+        """Warm the tracker's memory to steady state on cached features: exactly the call a tracked frame makes
+        after encode_image (CameraTracker.track), without re-encoding 1008 px frames, whose FLOPs never change."""
+        settings, counts = pipeline.settings, []
+        for _ in range(frames_needed):
+            count, _, _, _ = _counted(lambda: camera.tracker.track(
+                model, features, mask_threshold=settings.mask_threshold, nms_iou=settings.nms_iou,
+                lost_patience=settings.lost_patience))
+            counts.append(count.total / 1e12)
+        return counts
+
+    count, first, peak, seconds = _counted(lambda: step(frames[0]))
     record("first keyframe (no tracks yet)", count, peak, seconds)
-    # Warm the tracker's memory to steady state on cached features: exactly the call a tracked frame makes after
-    # encode_image (CameraTracker.track), without re-encoding 1008 px frames, whose FLOPs never change.
     count, features, peak, seconds = _counted(lambda: model.encode_image(frames[1]))
     record("encode_image", count, peak, seconds)
-    camera = pipeline._camera("cam")
-    settings = pipeline.settings
-    tracker_tflop = []
-    for _ in range(warm_frames):
-        count, _, _, _ = _counted(lambda: camera.tracker.track(
-            model, features, mask_threshold=settings.mask_threshold, nms_iou=settings.nms_iou,
-            lost_patience=settings.lost_patience))
-        tracker_tflop.append(count.total / 1e12)
+    tracker_tflop = fill_memory(features, warm_frames)
     log(f"  full size: tracker step TFLOP while its memory fills: {[round(t, 3) for t in tracker_tflop]}")
-    count, tracked, peak, seconds = _counted(lambda: (pipeline.submit("cam", frames[1]), pipeline.step("cam"))[1])
-    if tracked.keyframe or len(tracked.instances) != num_objects:
-        raise RuntimeError(f"expected a tracked frame with {num_objects} objects, got keyframe={tracked.keyframe}, "
-                           f"{len(tracked.instances)} instances")
+    count, tracked, peak, seconds = _counted(lambda: step(frames[1], keyframe=False))
+    if len(tracked.instances) != num_objects:
+        raise RuntimeError(f"expected a tracked frame with {num_objects} objects, got {len(tracked.instances)}")
     record("tracked frame", count, peak, seconds)
-    for frames_kept in MEMORY_FRAMES:  # the memory-bank lever: the tracker reading fewer past frames
-        pipeline.update_settings(tracker_memory_frames=frames_kept)
-        count, lever, peak, seconds = _counted(
-            lambda: (pipeline.submit("cam", frames[1]), pipeline.step("cam"))[1])
-        if lever.keyframe:
-            raise RuntimeError("expected a tracked frame")
-        record(f"tracked frame, {frames_kept} memory frames", count, peak, seconds)
-    pipeline.update_settings(tracker_memory_frames=0)
     pipeline.update_settings(keyframe_interval=1)
-    count, key, peak, seconds = _counted(lambda: (pipeline.submit("cam", frames[2]), pipeline.step("cam"))[1])
-    if not key.keyframe:
-        raise RuntimeError("expected a keyframe")
+    count, key, peak, seconds = _counted(lambda: step(frames[2], keyframe=True))
     record("keyframe", count, peak, seconds)
+
+    levers = {}
+    for name, changes in LEVERS.items():  # each lever's steady-state tracked frame and keyframe
+        if name == DEFAULTS or "skip_unchanged" in changes:  # skipping changes nothing on moving frames
+            continue
+        t1 = time.perf_counter()
+        pipeline.update_settings(keyframe_interval=1, **changes)
+        if camera.tracker.session.image_size != model.tracker_input_size:
+            # a new tracker resolution starts over on a keyframe, and its memory fills again (the session keeps the
+            # checkpoint's 7 frames whatever the lever, so a memory lever reads a memory already full)
+            _counted(lambda: step(frames[0], keyframe=True))
+            pipeline.update_settings(keyframe_interval=10 ** 6)
+            fill_memory(_counted(lambda: model.encode_image(frames[1], vlm=False))[1], model.tracker.num_maskmem + 1)
+        pipeline.update_settings(keyframe_interval=10 ** 6)
+        tracked_count, _, _, _ = _counted(lambda: step(frames[1], keyframe=False))
+        pipeline.update_settings(keyframe_interval=1)
+        key_count, _, _, _ = _counted(lambda: step(frames[2], keyframe=True))
+        levers[name] = {"tracked_tflop": tracked_count.total / 1e12, "keyframe_tflop": key_count.total / 1e12,
+                        **apply_lever(model, changes)}
+        pipeline.update_settings(**{k: getattr(type(pipeline.settings)(), k) for k in changes})
+        log(f"  full size: lever {name}: tracked {levers[name]['tracked_tflop']:.3f} TFLOP, keyframe "
+            f"{levers[name]['keyframe_tflop']:.3f} TFLOP ({time.perf_counter() - t1:.0f} s)")
 
     post = detection_kwargs(num_objects)
     count, _, peak, seconds = _counted(lambda: model.postprocess(
@@ -166,8 +186,31 @@ def run_full_size(num_objects: int = NUM_OBJECTS, warm_frames: int = 8, log=prin
         "num_objects": num_objects, "parameters": params, "phases": phases, "cold_tflop": cold,
         "tracker_warmup_tflop": tracker_tflop, "ratios_on_paper": ratios,
         "h100": h100_estimate(phases["keyframe"]["tflop"], phases["tracked frame"]["tflop"], switch),
+        "levers": {name: {**v, "h100": h100_estimate(v["keyframe_tflop"], v["tracked_tflop"], switch)}
+                   for name, v in levers.items()},
         "seconds": time.perf_counter() - t0,
     }
 
 
-__all__ = ["build_shell", "run_full_size", "h100_estimate", "by_component"]
+FRAME_MS_4_CAMERAS = 1e3 / 60  # four cameras at 15 fps on one GPU: 60 frames/s
+
+
+def full_size_targets(result: dict) -> list[Target]:
+    """The on-paper targets at the default settings, and at each tracker_scale lever (named as not a default)."""
+    phases = result["phases"]
+    cases = [("default settings", phases["tracked frame"]["tflop"], phases["keyframe"]["tflop"], result["h100"])]
+    cases += [(f"lever {name}, not a default", v["tracked_tflop"], v["keyframe_tflop"], v["h100"])
+              for name, v in result.get("levers", {}).items() if name.startswith("scale")]
+    targets = []
+    for label, tracked, key, h100 in cases:
+        targets += [
+            Target("full_size", f"on paper: tracked frame / keyframe ({label})", "full", tracked / key, 0.35,
+                   note=f"{tracked:.2f} vs {key:.2f} TFLOP"),
+            Target("full_size", f"on paper: H100 ms per frame, a keyframe in 10 ({label}; 4 cameras x 15 fps need "
+                   f"{FRAME_MS_4_CAMERAS:.1f})", "full", 1e3 / h100["mixed_fps"], FRAME_MS_4_CAMERAS, unit="ms",
+                   note=f"{h100['mixed_fps']:.0f} frames/s"),
+        ]
+    return targets
+
+
+__all__ = ["build_shell", "run_full_size", "h100_estimate", "by_component", "full_size_targets"]

@@ -27,10 +27,12 @@ EXPLANATIONS = {
         "in a Python loop, so a tracked frame grows linearly with the objects (section 4). At full size that is "
         "~0.97 TFLOP per object at steady state, 3.9 TFLOP for 4 objects next to 5.4 for the ViT, while a keyframe "
         "adds to that only the VLM, the detector FPN neck and the detector heads (section 6 has the ratio on paper). "
-        "No object count brings tracked/keyframe to 0.5 while the ViT runs on every frame and the tracker reads "
-        "full-resolution features (with no objects, a tracked frame does no model work at all). Levers: fewer or "
-        "lower-resolution memory frames for the tracker (a model change); capping max_tracked. A larger "
-        "keyframe_interval lowers the average cost, not a tracked frame's."),
+        "No object count brings tracked/keyframe to 0.4 while the ViT runs on every frame at the detector's "
+        "resolution and the tracker reads full-resolution features (with no objects, a tracked frame does no model "
+        "work at all). The levers that do are in section 10: tracker_scale runs the ViT pass of a tracked frame and "
+        "the tracker on a smaller token grid; it is not on by default because on the tiny model it costs tracking "
+        "quality (see the full-size explanation below). A larger keyframe_interval lowers the average cost, not a "
+        "tracked frame's; max_tracked caps it."),
     ("batching", ""): (
         "**16 batched vs 16 separate.** Batching shares encode_image and the image prefix; every instruction still "
         "pays its own VLM suffix, DETR encoder (over all image tokens, fused with that instruction) and mask decoder. "
@@ -50,9 +52,28 @@ EXPLANATIONS = {
         "the same per frame as the default. SAM3 alone (b) runs no VLM at all and is cheaper per frame: what this "
         "package adds to SAM3 is the instruction's understanding, paid by the VLM on keyframes. The default is "
         "ahead where the VLM is the cost: an instruction switch on cached features, and the agent pipeline (c), "
-        "which generates on every frame. Making a tracked frame cheap (the tracker at a lower resolution, a "
-        "smaller memory bank, skipping frames that did not change) is what would put the default ahead of (a) "
-        "and (b) per frame; none of these is built yet."),
+        "which generates on every frame. Making a tracked frame cheap is what puts the default ahead of (a) and (b) "
+        "per frame: section 10's levers do (tracker_scale: a tracked frame at 0.28x a keyframe on paper at full "
+        "size; skip_unchanged: no model work on a still scene), but the default keeps the tracker at the "
+        "detector's resolution, which the tiny model tracks best with, and skipping off, since a moving camera "
+        "never repeats a frame."),
+    ("full_size", ""): (
+        "**Full size on paper (section 6 and 10).** At the default settings a tracked frame runs SAM3's ViT at the "
+        "detector's 1008 px (5.4 TFLOP) and the tracker's memory attention over 72 x 72 tokens: ~0.8x a keyframe and "
+        "~47 frames/s on one H100 on paper, short of 60. With tracker_scale 2/3 (48 x 48 tokens, a whole number of "
+        "SAM3's 24-token windows) a tracked frame is ~0.28x a keyframe and the estimate ~106 frames/s; a keyframe "
+        "then runs the ViT at both sizes. It is not the default because the only trained weights here, the tiny "
+        "model's, track worse with it: its 8 x 8 token grid becomes 5 x 5 (tracker J&F and bag J&F in section 10), "
+        "where full size keeps 48 x 48. What would decide it: the tracker's J&F with real SAM3 weights at 2/3 and 1 "
+        "(e.g. `python -m instructsam_tools.bag_eval run BAG --set tracker_scale=0.667` on recorded bags), or a "
+        "tiny model with a finer grid."),
+    ("cameras", ""): (
+        "**Several cameras batched (section 9).** On this CPU at one thread a batched ViT pass over four frames "
+        "costs about four single passes: the encoders are compute-bound already at batch 1 (a 640x480 frame is "
+        "hundreds of tokens per matmul), so batching saves only per-call overhead, a few percent of a mid frame, "
+        "and each camera's detection or tracker step still runs one after another. A GPU at batch 1 is "
+        "launch- and memory-bound and is where batching pays; `python -m instructsam_tools.benchmarks.gpu` "
+        "measures it. batch_cameras stays off by default for that reason."),
     ("stream", ""): (
         "**Resident memory.** The tracker session is pruned to a bounded window (tracker_session.py); a deviation above "
         "5 % means something per-frame is kept: compare the RSS curve with the tracker_frames count."),
@@ -308,36 +329,55 @@ def markdown(results: dict, targets: list[Target], plots: list[Path], md_path: P
         out += [_md_table(["config", "cameras", "sequential frames/s", "batched frames/s", "speed-up",
                            "latency spread"], rows), ""]
     if "levers" in s:
-        from instructsam_tools.benchmarks.levers import QUALITY_FRAMES, QUALITY_VIDEOS
+        from instructsam_tools.benchmarks.levers import (BAG_FRAMES, BAG_VIDEOS, DEFAULTS, LEVERS, QUALITY_FRAMES,
+                                                          QUALITY_VIDEOS, STATIC_NOISE)
 
         d = s["levers"]
-        full = s.get("full_size", {}).get("phases", {})
-        settings = sorted({k for c in d.get("cost", {}).values() for k in c} | set(d.get("quality", {})),
-                          key=int, reverse=True)
+        full = s.get("full_size", {})
         configs = list(d.get("cost", {}))
+        quality = d.get("quality", {})
         rows = []
-        for n in settings:
-            row = [n]
+        for name in LEVERS:
+            row = [name]
             for c in configs:
-                v = d["cost"][c].get(n)
-                row.append("" if v is None else f"{v['tracked_ms']:.1f} ({v['tracked_ms'] / v['keyframe_ms']:.2f})")
-            name = "tracked frame" if n == max(settings, key=int) else f"tracked frame, {n} memory frames"
-            if full and name in full:
-                row.append(f"{full[name]['tflop']:.2f} ({full[name]['tflop'] / full['keyframe']['tflop']:.2f})")
-            elif full:
-                row.append("")
-            q = d.get("quality", {}).get(n)
-            row += ["" if q is None else f"{q['J&F']:.3f}", "" if q is None or q["object_overlap"] is None
-                    else f"{q['object_overlap']:.3f}"]
+                v = d["cost"][c].get(name)
+                row.append("" if v is None else f"{v['tracked_ms']:.1f} ({v['tracked_ms'] / v['keyframe_ms']:.2f}), "
+                           f"{v['tracker_input_size']} px")
+                row.append("" if v is None or "still_scene_ms" not in v else f"{v['still_scene_ms']:.1f}")
+            if full:
+                v = full.get("levers", {}).get(name) or ({
+                    "tracked_tflop": full["phases"]["tracked frame"]["tflop"],
+                    "keyframe_tflop": full["phases"]["keyframe"]["tflop"], "h100": full["h100"]}
+                    if name == DEFAULTS else None)
+                row += ["", ""] if v is None else [
+                    f"{v['tracked_tflop']:.2f} ({v['tracked_tflop'] / v['keyframe_tflop']:.2f})",
+                    f"{v['h100']['mixed_fps']:.0f}"]
+            q = quality.get(name)
+            bag = (q or {}).get("bag", {})
+            row += ["" if q is None else f"{q['J&F']:.3f}",
+                    "" if q is None or q["object_overlap"] is None else f"{q['object_overlap']:.3f}"]
+            row += ["" if bag.get(k) is None else (f"{bag[k]:.3f}" if k != "id_switches" else str(bag[k]))
+                    for k in ("J&F", "HOTA", "IDF1", "id_switches")]
             rows.append(row)
-        header = (["memory frames the tracker reads"] + [f"{c}: tracked ms (/ keyframe)" for c in configs]
-                  + (["full size: tracked TFLOP (/ keyframe)"] if full else [])
-                  + [f"tracker J&F (shipped model, {QUALITY_VIDEOS} test videos x {QUALITY_FRAMES} frames)",
-                     "object_overlap"])
+        header = (["lever (from the defaults)"]
+                  + [h for c in configs for h in (f"{c}: tracked ms (/ keyframe), tracker input",
+                                                  f"{c}: still scene, ms per frame")]
+                  + (["full size: tracked TFLOP (/ keyframe)", "full size: H100 frames/s on paper"] if full else [])
+                  + [f"tracker J&F ({QUALITY_VIDEOS} test videos x {QUALITY_FRAMES} frames)", "object_overlap",
+                     f"bags ({BAG_VIDEOS} x {BAG_FRAMES} frames): J&F", "HOTA", "IDF1", "id switches"])
         out += ["## 10. Levers on a tracked frame: cost beside tracking quality", "",
-                "tracker_memory_frames (node parameter): the past frames SAM3's tracker reads through memory "
-                "attention, once per tracked object (the checkpoint's own is 7; keyframes it was conditioned on are "
-                "read as well). Cost at each size with random weights; quality with the shipped model.", "",
+                "Each lever changes node parameters from the defaults (tracker_memory_frames 4, tracker_scale 1). "
+                "tracker_memory_frames: the past frames SAM3's tracker reads through memory attention, once per "
+                "tracked object (the checkpoint's own is 7; keyframes it was conditioned on are read as well). "
+                "tracker_scale: SAM3's tracker and a tracked frame's ViT pass on that fraction of the detector's "
+                "token grid (a keyframe runs the ViT at both sizes; tracker input = the tracker's square input). "
+                "skip_unchanged: a tracked frame whose 8x8-pixel block means moved by less than that many grey "
+                "levels from the last frame the model saw repeats its instances without model work; its gain shows "
+                f"on a still scene (one frame with sensor noise of {STATIC_NOISE:g} grey levels, mean over keyframe "
+                "cycles), and the moving objects of the other columns must not be skipped. "
+                "Cost at each size with random weights (H100 frames/s: section 6's estimate, a keyframe every "
+                "10 frames). Quality with the shipped model: the tracker alone given the first frame's masks, and "
+                "the bag evaluator on synthetic bags (detector on keyframes, tracker between, ids).", "",
                 _md_table(header, rows), ""]
     if plots:
         out += ["## Plots", ""]

@@ -120,15 +120,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-frames", type=int, default=0,
                         help="past frames the tracker reads (0: the checkpoint's own num_maskmem)")
+    parser.add_argument("--tracker-scale", type=float, default=1.0,
+                        help="the tracker on this x the detector's token grid (1: the same; a cost lever)")
     parser.add_argument("--out", default=None, help="directory for metrics.json and metrics.md")
     args = parser.parse_args(argv)
     if not args.data.startswith("synthetic_video:"):
         parser.error(f"--data must be synthetic_video:SPLIT[:N], got {args.data!r}")
     model = load_model(args.checkpoint, args.device)
     memory = set_memory_frames(model, args.memory_frames)
+    try:
+        size = model.set_tracker_scale(args.tracker_scale)
+    except ValueError as err:
+        parser.error(str(err))
     videos = build_dataset(args.data, image_size=args.image_size, seed=args.seed, clip_frames=args.frames)
     summary = evaluate_tracker(model, videos, mask_threshold=args.mask_threshold)
-    summary.update(checkpoint=str(args.checkpoint), data=args.data, memory_frames=memory)
+    summary.update(checkpoint=str(args.checkpoint), data=args.data, memory_frames=memory,
+                   tracker_input_size=size)
     text = markdown(summary, args.checkpoint, args.data)
     if args.out:
         out = Path(args.out)
