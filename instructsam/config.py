@@ -64,6 +64,10 @@ class InstructSAMConfig(PreTrainedConfig):
     ref_start_token_id / ref_end_token_id / mask_start_token_id / mask_end_token_id / eos_token_ids: the official
         tokenizer's ids. repetition_penalty: the generation config's (1.0: none).
     vlm_min_pixels / vlm_max_pixels: the Qwen image processor's area bounds (aspect-preserving resize).
+    vlm_image_token_rms: when set, each image token (and each deepstack feature) is rescaled to this root mean
+        square where it enters the language model, parameter-free. For a VLM trained from scratch (the tiny stack),
+        whose merger otherwise grows its tokens far above the word embeddings' scale; None (default) for a
+        pretrained Qwen3-VL, whose tokens are left as its merger makes them.
     model_version: the trained model's name and version (e.g. "instructsam-tiny 0.5"; docs/model_history.md), which
         the node reports in its diagnostics; "" for a model nobody versioned.
     """
@@ -114,6 +118,7 @@ class InstructSAMConfig(PreTrainedConfig):
     repetition_penalty: float = 1.0
     vlm_min_pixels: int = 65536
     vlm_max_pixels: int = 16777216
+    vlm_image_token_rms: float | None = None
     model_version: str = ""
     dit_variant: str = "layer_wise"
     dit_text_source: str = "sam3"
@@ -151,6 +156,8 @@ class InstructSAMConfig(PreTrainedConfig):
                                    "mask_end_token_id", "eos_token_ids") if getattr(self, n) is None]
             if missing:
                 raise ValueError(f"inference_mode 'reference' needs {', '.join(missing)}")
+        if self.vlm_image_token_rms is not None and not self.vlm_image_token_rms > 0:
+            raise ValueError(f"vlm_image_token_rms must be > 0 or None, got {self.vlm_image_token_rms}")
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
         if self.lora_r < 0:

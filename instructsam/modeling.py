@@ -56,6 +56,13 @@ class InstructSAMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
 
+def rescale_rms(x: torch.Tensor, rms: float | None) -> torch.Tensor:
+    """x with each last-dimension vector rescaled to root mean square `rms` (None: x unchanged)."""
+    if rms is None:
+        return x
+    return x * (rms * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-12)).to(x.dtype)
+
+
 def require_parameter_prefixes(module: nn.Module, prefixes, setting: str) -> None:
     """Refuse parameter-name prefixes (a freezing setting named `setting`) that match no parameter of `module`: a
     typo would otherwise silently train what it meant to freeze, or the other way round."""
@@ -106,14 +113,14 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
     def tracker_input_size(self) -> int:
         """The square input size SAM3's tracker (and the ViT pass it reads) runs at: see set_tracker_scale."""
         res = self._tracker_resolution
-        return int(self.tracker.image_size) if res is None else res.image_size
+        return int(self.tracker.config.image_size) if res is None else res.image_size
 
     def set_tracker_scale(self, scale: float) -> int:
         """Run SAM3's tracker, and the ViT pass it reads on tracked frames, at `scale` x the detector's token grid
         (1: the same features as the detector; a cost lever, tracker_resolution.py). Model-wide, for inference:
         features encoded before a change cannot be tracked after it. Returns the tracker's input size in effect."""
         res = TrackerResolution(self, scale)
-        self._tracker_resolution = None if res.image_size == self.tracker.image_size else res
+        self._tracker_resolution = None if res.image_size == int(self.tracker.config.image_size) else res
         return self.tracker_input_size
 
     def _tracker_grid(self):
@@ -277,8 +284,10 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                                                           vc.temporal_patch_size)
                 vis = visual(patches, grid_thw=grid_thw)
                 m = len(imgs)
-                image_embeds = vis.pooler_output.reshape(m, -1, vis.pooler_output.shape[-1])
-                deepstack = [d.reshape(m, -1, d.shape[-1]) for d in vis.deepstack_features]
+                image_embeds = rescale_rms(vis.pooler_output.reshape(m, -1, vis.pooler_output.shape[-1]),
+                                           cfg.vlm_image_token_rms)
+                deepstack = [rescale_rms(d.reshape(m, -1, d.shape[-1]), cfg.vlm_image_token_rms)
+                             for d in vis.deepstack_features]
         small = self._tracker_resolution if tracker else None  # the tracker's own, smaller ViT pass
         backbone = self.detector.vision_encoder.backbone
         pixels = functools.partial(to_square_pixels, imgs, mean=cfg.sam3_image_mean, std=cfg.sam3_image_std,

@@ -29,7 +29,10 @@ class TrackerResolution:
         vit = model.detector.vision_encoder.backbone
         tracker = model.tracker
         patch = int(vit.config.patch_size)
-        own_grid = int(tracker.prompt_encoder.image_embedding_size[0])
+        # the tracker's own geometry from its config, never from the live attributes: another thread may be inside
+        # `tracker()` with them swapped while a new scale is set
+        prompt_config = tracker.config.prompt_encoder_config
+        own_grid = int(prompt_config.image_size) // int(prompt_config.patch_size)
         self.grid = max(2, round(own_grid * scale))
         self.image_size = self.grid * patch
         self._vit_layers = [layer for layer in vit.layers if layer.window_size == 0]
@@ -42,7 +45,7 @@ class TrackerResolution:
         self._tracker_sizes = {
             (tracker, "image_size"): self.image_size,
             (tracker, "backbone_feature_sizes"): [[self.grid * (h // own_grid), self.grid * (w // own_grid)]
-                                                  for h, w in tracker.backbone_feature_sizes],
+                                                  for h, w in tracker.config.vision_config.backbone_feature_sizes],
             (tracker.prompt_encoder, "image_embedding_size"): (self.grid, self.grid),
             (tracker.prompt_encoder, "mask_input_size"): (4 * self.grid, 4 * self.grid),
             (tracker.prompt_encoder, "input_image_size"): self.image_size,

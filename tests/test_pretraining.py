@@ -58,6 +58,53 @@ def test_concept_phrases_name_every_matching_object_and_nothing_else(split):
     assert families == {"phrase", "phrase_absent"}
 
 
+def parse_command(text: str) -> tuple[str, Descriptor] | None:
+    """An instruction of the plural command templates back into (template, the attributes it names), or None."""
+    from instructsam_tools.data.synthetic_language import PLURAL_CMDS
+
+    for template in sorted(PLURAL_CMDS, key=len, reverse=True):
+        slot = "{P}" if "{P}" in template else "{S}"
+        head, tail = template.split(slot)
+        if text.startswith(head) and text.endswith(tail) and len(text) > len(head) + len(tail):
+            try:
+                return template, parse_phrase(text[len(head):len(text) - len(tail)], plural=slot == "{P}")
+            except (StopIteration, KeyError, AssertionError):
+                return None
+    return None
+
+
+def test_minimal_pair_scenes_change_one_value_and_name_every_matching_object():
+    """synthetic_contrast: about half the scenes are asked one command about one attribute, only its value
+    changing (present values first, then absent ones); each names every visible object with that value."""
+    from instructsam_tools.data.synthetic import SyntheticInst2Seg
+
+    data = build_dataset("synthetic_contrast:train:800", image_size=96)
+    contrast_scenes, attributes = 0, set()
+    for scene_index in range(data.num_images):
+        _, scene, instructions = data.scene(scene_index)
+        parsed = [parse_command(ins.text) for ins in instructions]
+        named = [[k for k, v in p[1].items() if v is not None] if p else [] for p in parsed]
+        if not (len(named[0]) == len(named[1]) == 1 and named[0] == named[1] and parsed[0][0] == parsed[1][0]):
+            continue
+        contrast_scenes += 1
+        attribute = named[0][0]
+        attributes.add(attribute)
+        pairs = [(ins, p[1]) for ins, p in zip(instructions, parsed) if p and p[0] == parsed[0][0]
+                 and [k for k, v in p[1].items() if v is not None] == [attribute]]
+        values = [getattr(d, attribute) for _, d in pairs]
+        assert len(set(values)) == len(values) >= min(2, len(instructions)), [i.text for i in instructions]
+        hits = []
+        for ins, d in pairs:
+            matching = sorted(o.obj_id for o in scene.visible_objects() if d.matches(o))
+            assert ins.target_ids == matching, (ins.text, ins.target_ids, matching)
+            hits.append(bool(matching))
+        assert hits == sorted(hits, reverse=True), "absent values come after the present ones"
+    assert 0.35 < contrast_scenes / data.num_images < 0.65, contrast_scenes
+    assert {"color", "shape"} <= attributes
+    plain = SyntheticInst2Seg("train", 800, image_size=96)
+    assert all(np.array_equal(plain[i].image, data[i].image) for i in range(0, 800, 97))  # the same scenes
+
+
 def test_unknown_prompt_kind_is_refused():
     from instructsam_tools.data.synthetic import SyntheticInst2Seg
 

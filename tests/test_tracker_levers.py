@@ -66,6 +66,20 @@ def test_tracker_scale_encodes_a_smaller_grid_and_leaves_the_detector_as_it_was(
             model.set_tracker_scale(bad)
 
 
+def test_a_scale_set_while_the_tracker_runs_at_another_is_the_same_scale(model):
+    """The node sets tracker_scale from its parameter thread while the worker may be inside the tracker with its
+    sizes swapped: the new resolution must not be derived from the swapped sizes."""
+    own_sizes = tracker_sizes(model)
+    model.set_tracker_scale(0.5)
+    with model._tracker_grid():  # the worker, mid-tracker, at 4 x 4 tokens
+        assert model.set_tracker_scale(0.75) == 84
+        assert model.set_tracker_scale(1.0) == 112
+    assert tracker_sizes(model) == own_sizes
+    model.set_tracker_scale(0.75)
+    with model._tracker_grid():
+        assert tracker_sizes(model)[2] == (6, 6)
+
+
 def test_each_lever_still_tracks_and_the_smaller_grid_costs_quality(model, videos):
     own = evaluate_tracker(model, videos, progress=False)["J&F"]
     model.set_tracker_scale(0.75)

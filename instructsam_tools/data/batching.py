@@ -8,6 +8,8 @@ Data specs (used by the trainer's YAML and the evaluate command):
                             (instructions; default 800 = 200 images x 4)
     synthetic_phrases:SPLIT[:N]   the same scenes with SAM3-style concept prompts ("red circle", "object") instead
                             of instructions: every matching object, a quarter of them absent (SAM3's own task)
+    synthetic_contrast:SPLIT[:N]  the instruction families, with half the scenes asked a minimal-pair set instead
+                            (one attribute, only its value changing: "all the red objects", "all the blue objects")
     inst2seg:DIR[:SPLIT]    an Inst2Seg directory on disk (default split "test")
     synthetic_qa:SPLIT[:N]  the same scenes with questions and answers about them (data.scene_questions), for the
                             VLM's scene-language objective (training.language_objective); default 1200 = 200 x 6
@@ -39,7 +41,7 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
     """A dataset (indexable -> InstructionSample, or VideoSample for synthetic_video) from a data spec string
     (see the module docstring)."""
     kind, _, rest = spec.partition(":")
-    if kind in ("synthetic", "synthetic_phrases", "synthetic_qa", "synthetic_video"):
+    if kind in ("synthetic", "synthetic_phrases", "synthetic_contrast", "synthetic_qa", "synthetic_video"):
         split, _, count = rest.partition(":")
         if split not in SPLITS:
             raise ValueError(f"data spec {spec!r}: unknown synthetic split {split!r}; expected one of {SPLITS}")
@@ -59,7 +61,8 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
         if kind == "synthetic_qa":
             return SyntheticSceneQuestions(split, size=size, image_size=image_size, seed=seed)
         return SyntheticInst2Seg(split, size=size, image_size=image_size, seed=seed,
-                                 prompts="phrases" if kind == "synthetic_phrases" else "instructions")
+                                 prompts={"synthetic_phrases": "phrases", "synthetic_contrast": "contrast"}.get(
+                                     kind, "instructions"))
     if kind == "inst2seg":
         root, _, split = rest.rpartition(":") if ":" in rest else (rest, "", "test")
         if not root:
@@ -83,6 +86,7 @@ def build_dataset(spec: str, image_size: int = 128, seed: int = 0, clip_frames: 
             raise ValueError(f"data spec {spec!r}: no samples" + (f" in split {split!r}" if split else ""))
         return loaded
     raise ValueError(f"unknown data spec {spec!r}; expected 'synthetic:SPLIT[:N]', 'synthetic_phrases:SPLIT[:N]', "
+                     f"'synthetic_contrast:SPLIT[:N]', "
                      f"'synthetic_qa:SPLIT[:N]', 'inst2seg:DIR[:SPLIT]', "
                      f"'synthetic_video:SPLIT[:N]', 'refer:ROOT:DATASET:SPLIT_BY[:SPLIT]' or "
                      f"'grefcoco:ROOT:SPLIT_BY[:SPLIT]'")

@@ -26,7 +26,7 @@ import numpy as np
 from instructsam_tools.data.format import InstructionSample
 from instructsam_tools.data.inst2seg import encode_mask, mask_to_box, save_png, write_inst2seg
 from instructsam_tools.data.scene_questions import SceneQuestion, scene_questions
-from instructsam_tools.data.synthetic_language import (PHRASE_FAMILIES, Instruction, LanguageContext,
+from instructsam_tools.data.synthetic_language import (PHRASE_FAMILIES, Instruction, LanguageContext, contrast_set,
                                                       generate_instructions)
 from instructsam_tools.data.synthetic_scene import HELDOUT_PAIRS, SHAPES, Scene, generate_scene
 from instructsam_tools.data.synthetic_video import VideoSample, generate_video, write_video
@@ -35,7 +35,9 @@ SPLITS = ("train", "val", "test", "heldout")
 _SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
 CATEGORIES = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
 _SCENE, _LANGUAGE, _VIDEO, _QUESTIONS = 0, 1, 2, 3  # independent random streams per item
-PROMPT_FAMILIES = {"instructions": None, "phrases": PHRASE_FAMILIES}  # family weights (None: FAMILY_WEIGHTS)
+# family weights per prompt kind (None: FAMILY_WEIGHTS); "contrast": a share of the scenes get a minimal-pair set
+PROMPT_FAMILIES = {"instructions": None, "phrases": PHRASE_FAMILIES, "contrast": None}
+CONTRAST_SHARE = 0.5
 
 
 def prompt_families(prompts: str) -> dict | None:
@@ -78,10 +80,19 @@ def generate_image_item(split: str, scene_index: int, image_size: int = 128, see
                         instructions_per_image: int = 4, max_objects: int = 12, prompts: str = "instructions"
                         ) -> tuple[int, Scene, list[Instruction]]:
     """(image_id, scene, instructions) for one scene of a split; a pure function of its arguments. prompts:
-    "instructions" (the instruction families) or "phrases" (SAM3-style concept prompts; the scene is the same)."""
+    "instructions" (the instruction families), "phrases" (SAM3-style concept prompts; the scene is the same) or
+    "contrast" (the instruction families, with CONTRAST_SHARE of the scenes given a minimal-pair set instead:
+    synthetic_language.contrast_set)."""
     families = prompt_families(prompts)
     image_id, scene, ctx = split_scene(split, scene_index, image_size, seed, max_objects)
-    instructions = generate_instructions(item_rng(seed, split, scene_index, _LANGUAGE), scene.visible_objects(),
+    rng = item_rng(seed, split, scene_index, _LANGUAGE)
+    if prompts == "contrast" and rng.random() < CONTRAST_SHARE:
+        pairs = contrast_set(rng, scene.visible_objects(), instructions_per_image)
+        if pairs is not None:  # an attribute with fewer values than instructions: the families fill the rest
+            rest = instructions_per_image - len(pairs)
+            return image_id, scene, pairs + (generate_instructions(rng, scene.visible_objects(), ctx, rest)
+                                             if rest else [])
+    instructions = generate_instructions(rng, scene.visible_objects(),
                                          ctx, instructions_per_image,
                                          require=involves_heldout if split == "heldout" else None,
                                          families=families)

@@ -509,6 +509,36 @@ def gen_phrase_absent(rng, objs, ctx) -> Instruction | None:
     return Instruction(noun_phrase(rng, d, False), "multi_instance", "phrase_absent", [], d.pairs())
 
 
+# Minimal-pair sets: every instruction of a scene names one attribute and only its value changes ("all the red
+# objects", "all the blue objects", ...), so the loss on that image falls only as far as the model reads the value.
+CONTRAST_ATTRIBUTES = {"color": 0.4, "shape": 0.4, "texture": 0.1, "size": 0.1}
+
+
+def contrast_set(rng: np.random.Generator, objs: Sequence[SceneObject], count: int) -> list[Instruction] | None:
+    """`count` instructions on one scene that differ only in one attribute's value: values its visible objects
+    show first (a random subset of them), then absent ones (no target). One command template and one choice of
+    synonyms for the whole set. None for a scene with no visible object."""
+    if not objs:
+        return None
+    names = list(CONTRAST_ATTRIBUTES)
+    weights = np.array([CONTRAST_ATTRIBUTES[a] for a in names])
+    attribute = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    present = sorted({getattr(o, attribute) for o in objs})
+    absent = [v for v in ATTRIBUTE_VALUES[attribute] if v not in present]
+    values = [present[i] for i in rng.permutation(len(present))][:count]
+    values += [absent[i] for i in rng.permutation(len(absent))][:count - len(values)]
+    template, wording = pick(rng, PLURAL_CMDS), int(rng.integers(2 ** 31))
+    out = []
+    for value in values:
+        d = Descriptor(**{attribute: value})
+        words = np.random.default_rng(wording)  # the same synonyms for every value
+        targets = [o for o in objs if d.matches(o)]
+        family = "no_target" if not targets else "category" if attribute == "shape" else "attribute"
+        out.append(Instruction(template.format(P=noun_phrase(words, d, True), S=noun_phrase(words, d, False)),
+                               "multi_instance", family, targets))
+    return out
+
+
 GENERATORS = {"category": gen_category, "attribute": gen_attribute, "spatial": gen_spatial,
               "superlative": gen_superlative, "exclusion": gen_exclusion, "union": gen_union,
               "no_target": gen_no_target, "reasoning": gen_reasoning,
