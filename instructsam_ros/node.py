@@ -539,6 +539,11 @@ def main(args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # SIGINT's handler shuts the context down from another thread; a spin already past its ok() check then
+        # fails to build its wait set on the dead context (rclpy's RCLError). Only that case is a clean stop.
+        if executor.context.ok():
+            raise
     finally:
         node._release()
         node.destroy_node()
