@@ -13,6 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto import AutoConfig
 
 ATTENTION_MODES = ("hybrid", "causal")
+PROMPT_SOURCES = ("hidden", "embeddings", "both")
 INFERENCE_MODES = ("one_pass", "reference", "dit")
 DIT_VARIANTS = ("none", "end_to_end", "layer_wise")
 DIT_TEXT_SOURCES = ("sam3", "vlm")
@@ -27,6 +28,10 @@ class InstructSAMConfig(PreTrainedConfig):
     sam3_config: SAM3 video config (`model_type="sam3_video"`: detector + tracker), as in facebook/sam3.
     num_queries: K, the number of instance-query tokens appended after image and instruction.
     attention_mode: "hybrid" (queries see the prefix and every query) or "causal" (ablation).
+    prompt_source: one-pass mode's SAM3 prompt features come from the instruction tokens' "hidden" states (the
+        VLM's last layer, in context) or their "embeddings" (the input embedding table, RMS-normalised: the words
+        alone, as the published model prompts SAM3 with its phrase's embeddings), or "both" (the two sequences
+        joined, each token once in context and once alone). No parameters change: a loaded model may switch.
     lora_r / lora_alpha / lora_dropout / lora_target_modules: LoRA on the VLM language model; lora_r=0 disables it.
         LoRA is built in `__init__`, so `from_pretrained` restores it from the weights file.
     freeze_sam3 / freeze_vlm_vision / freeze_vlm_language: freeze these components' own weights (query bank,
@@ -82,6 +87,7 @@ class InstructSAMConfig(PreTrainedConfig):
     sam3_config: dict | PreTrainedConfig | None = None
     num_queries: int = 64
     attention_mode: str = "hybrid"
+    prompt_source: str = "hidden"
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -140,6 +146,8 @@ class InstructSAMConfig(PreTrainedConfig):
     def check_settings(self) -> None:
         """Reject settings that would only fail later, deep inside a forward pass (plain ValueErrors; `@strict`'s
         own validators would wrap them in a non-ValueError)."""
+        if self.prompt_source not in PROMPT_SOURCES:
+            raise ValueError(f"prompt_source must be one of {PROMPT_SOURCES}, got {self.prompt_source!r}")
         if self.attention_mode not in ATTENTION_MODES:
             raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}, got {self.attention_mode!r}")
         if self.inference_mode not in INFERENCE_MODES:

@@ -503,11 +503,12 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             reference_boxes = dec.reference_points.weight.sigmoid().expand(len(index), -1, -1)
             query_states = None
         else:
-            query_states, prompt_states = self._query_and_prompt_states(features, tokens, index, reuse_prefix)
+            query_states, prompt_states, prompt_mask = self._query_and_prompt_states(features, tokens, index,
+                                                                                     reuse_prefix)
             proj_dtype = self.query_bank.dtype
             queries, reference_boxes = self.projector.queries(query_states.to(proj_dtype))
             prompt = self.projector.prompt(prompt_states.to(proj_dtype))
-            vision, prompt_mask = select_vision(features.sam3, index), tokens.prompt_mask.to(self.device)
+            vision = select_vision(features.sam3, index)
         sam_dtype = self.detector.dtype
         # the DETR encoder runs once; the slots (and the denoising queries, apart from them) are decoded against it
         prompted = encode_prompted(self.detector, vision, prompt.to(sam_dtype), prompt_mask)
@@ -529,12 +530,22 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
             semantic_seg=det.semantic_seg, query_states=query_states, image_index=index, **denoise)
 
     def _query_and_prompt_states(self, features: ImageFeatures, tokens: TokenizedInstructions, index: torch.Tensor,
-                                 reuse_prefix: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final VLM states of the query tokens (N, K, d) and of the instruction's prompt tokens (N, L, d)."""
+                                 reuse_prefix: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Final VLM states of the query tokens (N, K, d), the prompt states (N, L, d) of the instruction's tokens
+        from config.prompt_source, and their mask (N, L) bool."""
         hidden, offset = self.language_model_pass(features, tokens, index, reuse_prefix)
         rows = torch.arange(len(index), device=self.device)[:, None]
-        return (hidden[rows, offset + tokens.query_index.to(self.device)],
-                hidden[rows, offset + tokens.prompt_index.to(self.device)])
+        prompt_index, mask = tokens.prompt_index.to(self.device), tokens.prompt_mask.to(self.device).bool()
+        query_states = hidden[rows, offset + tokens.query_index.to(self.device)]
+        in_context = hidden[rows, offset + prompt_index]
+        if self.config.prompt_source == "hidden":
+            return query_states, in_context, mask
+        # the words alone: a VLM whose image tokens swamp its residual stream keeps little of them in context
+        ids = tokens.suffix_ids.to(self.device)[rows, prompt_index]
+        alone = rescale_rms(self.language_model.embed_tokens(ids), 1.0).to(in_context.dtype)
+        if self.config.prompt_source == "embeddings":
+            return query_states, alone, mask
+        return query_states, torch.cat([in_context, alone], 1), torch.cat([mask, mask], 1)
 
     def _dit_vision(self, features: ImageFeatures, instructions: list[str], index: torch.Tensor,
                     tokens: TokenizedInstructions, reuse_prefix: bool):
@@ -555,9 +566,8 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
                                                        attention_mask=enc.attention_mask).pooler_output
             text_mask = enc.attention_mask.bool()
         else:
-            _, prompt_states = self._query_and_prompt_states(features, tokens, index, reuse_prefix)
+            _, prompt_states, text_mask = self._query_and_prompt_states(features, tokens, index, reuse_prefix)
             text = self.projector.prompt(prompt_states.to(self.query_bank.dtype))
-            text_mask = tokens.prompt_mask.to(self.device).bool()
         if cfg.dit_variant == "none":  # SAM3's default prompting: the image features are the cached, plain ones
             return select_vision(features.sam3, index), text, text_mask
         vision_encoder = self.detector.vision_encoder

@@ -185,3 +185,38 @@ def test_postprocess_can_crop_masks_to_their_boxes():
     expected = np.zeros((20, 20), dtype=bool)
     expected[5:13, 3:11] = True  # pixel centres within [3, 11] x [5, 13]
     np.testing.assert_array_equal(cropped.masks[0], expected)
+
+
+def test_prompt_source_gives_sam3_the_words_in_context_alone_or_both(model):
+    images = random_images(2)
+    texts = ["all the red objects", "the blue star left of the green ring"]
+    tokens = model.prompts.encode(texts, model.config.template_task)
+    index = torch.tensor([0, 1])
+    states = {}
+    try:
+        for source in ("hidden", "embeddings", "both"):
+            model.config.prompt_source = source
+            with torch.no_grad():
+                features = model.encode_image(images)
+                states[source] = model._query_and_prompt_states(features, tokens, index, reuse_prefix=True)
+                swapped = model._query_and_prompt_states(features, tokens, index.flip(0), reuse_prefix=True)
+                batched, single = model.segment(features, texts), model.segment(model.encode_image(images[1]), texts[1:])
+            assert_rows_close(batched, 1, single)
+            mask = states[source][2]
+            if source == "embeddings":  # the words alone: the same whatever the image, RMS 1 per token
+                torch.testing.assert_close(states[source][1][mask], swapped[1][mask])
+                rms = states[source][1][mask].pow(2).mean(-1).sqrt()
+                torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-4, rtol=0)
+            else:  # in context, the same words read differently on another image
+                assert not torch.allclose(states[source][1][mask], swapped[1][mask], atol=1e-3)
+    finally:
+        model.config.prompt_source = "hidden"
+    queries, hidden, mask = states["hidden"]
+    torch.testing.assert_close(states["embeddings"][0], queries)  # the query states never change
+    both_states, both_mask = states["both"][1], states["both"][2]
+    lp = mask.shape[1]
+    assert both_states.shape[1] == 2 * lp and both_mask.tolist() == torch.cat([mask, mask], 1).tolist()
+    torch.testing.assert_close(both_states[:, :lp], hidden)
+    torch.testing.assert_close(both_states[:, lp:], states["embeddings"][1])
+    with pytest.raises(ValueError, match="prompt_source"):
+        type(model.config)(**{**model.config.to_dict(), "prompt_source": "words"})
