@@ -82,6 +82,7 @@ def test_minimal_pair_scenes_change_one_value_and_name_every_matching_object():
     contrast_scenes, attributes = 0, set()
     for scene_index in range(data.num_images):
         _, scene, instructions = data.scene(scene_index)
+        assert len({ins.text for ins in instructions}) == len(instructions), [i.text for i in instructions]
         parsed = [parse_command(ins.text) for ins in instructions]
         named = [[k for k, v in p[1].items() if v is not None] if p else [] for p in parsed]
         if not (len(named[0]) == len(named[1]) == 1 and named[0] == named[1] and parsed[0][0] == parsed[1][0]):

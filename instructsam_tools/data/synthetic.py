@@ -86,17 +86,15 @@ def generate_image_item(split: str, scene_index: int, image_size: int = 128, see
     families = prompt_families(prompts)
     image_id, scene, ctx = split_scene(split, scene_index, image_size, seed, max_objects)
     rng = item_rng(seed, split, scene_index, _LANGUAGE)
+    require = involves_heldout if split == "heldout" else None
+    pairs = []
     if prompts == "contrast" and rng.random() < CONTRAST_SHARE:
-        pairs = contrast_set(rng, scene.visible_objects(), instructions_per_image)
-        if pairs is not None:  # an attribute with fewer values than instructions: the families fill the rest
-            rest = instructions_per_image - len(pairs)
-            return image_id, scene, pairs + (generate_instructions(rng, scene.visible_objects(), ctx, rest)
-                                             if rest else [])
-    instructions = generate_instructions(rng, scene.visible_objects(),
-                                         ctx, instructions_per_image,
-                                         require=involves_heldout if split == "heldout" else None,
-                                         families=families)
-    return image_id, scene, instructions
+        # an attribute with fewer values than instructions: the families fill the rest, with other texts
+        pairs = contrast_set(rng, scene.visible_objects(), instructions_per_image) or []
+    rest = instructions_per_image - len(pairs)
+    fill = generate_instructions(rng, scene.visible_objects(), ctx, rest, require=require, families=families,
+                                 taken=[p.text for p in pairs]) if rest else []
+    return image_id, scene, pairs + fill
 
 
 def _masks_and_boxes(objects, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -548,8 +548,8 @@ GENERATORS = {"category": gen_category, "attribute": gen_attribute, "spatial": g
 def generate_instructions(rng: np.random.Generator, objects: Sequence[SceneObject], ctx: LanguageContext,
                           count: int, require: Callable[[Instruction], bool] | None = None,
                           families: Mapping[str, float] | None = None,
-                          tries_per_family: int = 6) -> list[Instruction]:
-    """`count` instructions with distinct texts over the visible `objects`.
+                          tries_per_family: int = 6, taken: Sequence[str] = ()) -> list[Instruction]:
+    """`count` instructions with distinct texts over the visible `objects` (and from the `taken` texts).
 
     Families are drawn by `families` (name -> weight, default FAMILY_WEIGHTS) without replacement within a scene
     (so one scene's instructions cover different families); a family the scene cannot support is skipped for the
@@ -558,7 +558,7 @@ def generate_instructions(rng: np.random.Generator, objects: Sequence[SceneObjec
     """
     weights = dict(FAMILY_WEIGHTS if families is None else families)
     out: list[Instruction] = []
-    texts: set[str] = set()
+    texts: set[str] = set(taken)
     for strict in ((True, False) if require is not None else (False,)):
         for _ in range(count - len(out)):
             # Family drawn with replacement by weight (keeps ~10 % no-target); a family the scene
