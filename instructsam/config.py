@@ -32,6 +32,12 @@ class InstructSAMConfig(PreTrainedConfig):
         VLM's last layer, in context) or their "embeddings" (the input embedding table, RMS-normalised: the words
         alone, as the published model prompts SAM3 with its phrase's embeddings), or "both" (the two sequences
         joined, each token once in context and once alone). No parameters change: a loaded model may switch.
+    score_from_masks: one-pass mode's last decoder layer scores each slot on its state plus SAM3's prompt-fused
+        image tokens averaged under the slot's own mask. A slot's state says where its object is and hardly what
+        it is (in the tiny model a linear probe reads an object's colour from its matched slot's state at chance,
+        from the image tokens under it 63 % of the time), so without it the score, which selects the
+        instruction's targets, cannot see their colour. No parameters: a loaded model may switch (and then needs
+        fine-tuning).
     lora_r / lora_alpha / lora_dropout / lora_target_modules: LoRA on the VLM language model; lora_r=0 disables it.
         LoRA is built in `__init__`, so `from_pretrained` restores it from the weights file.
     freeze_sam3 / freeze_vlm_vision / freeze_vlm_language: freeze these components' own weights (query bank,
@@ -88,6 +94,7 @@ class InstructSAMConfig(PreTrainedConfig):
     num_queries: int = 64
     attention_mode: str = "hybrid"
     prompt_source: str = "hidden"
+    score_from_masks: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0

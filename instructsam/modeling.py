@@ -512,13 +512,15 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         sam_dtype = self.detector.dtype
         # the DETR encoder runs once; the slots (and the denoising queries, apart from them) are decoded against it
         prompted = encode_prompted(self.detector, vision, prompt.to(sam_dtype), prompt_mask)
-        det = decode_queries(self.detector, prompted, queries.to(sam_dtype), reference_boxes.to(sam_dtype))
+        pool = self.config.score_from_masks and self.config.inference_mode == "one_pass"
+        det = decode_queries(self.detector, prompted, queries.to(sam_dtype), reference_boxes.to(sam_dtype),
+                             score_from_masks=pool)
         presence_logits = det.presence_logits[:, 0]
         denoise = {}
         if denoise_boxes is not None:
             content = queries.mean(1, keepdim=True).expand(-1, denoise_boxes.shape[1], -1)
             dn = decode_queries(self.detector, prompted, content.to(sam_dtype),
-                                denoise_boxes.to(self.device, sam_dtype))
+                                denoise_boxes.to(self.device, sam_dtype), score_from_masks=pool)
             denoise = dict(denoise_mask_logits=dn.pred_masks, denoise_boxes=dn.pred_boxes,
                            denoise_logits=dn.pred_logits)
         return InstanceSetOutput(

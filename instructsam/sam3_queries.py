@@ -148,10 +148,22 @@ def detect_with_queries(detector: Sam3Model, vision: Sam3VisionEncoderOutput, pr
                           reference_boxes)
 
 
+def mask_pooled_tokens(tokens: torch.Tensor, spatial_shape, mask_logits: torch.Tensor) -> torch.Tensor:
+    """(B, HW, d) image tokens averaged under each of (B, K, h, w) masks' probabilities -> (B, K, d). The weights
+    are detached: scoring must not bend the masks."""
+    weights = F.adaptive_avg_pool2d(mask_logits.detach().float().sigmoid(), tuple(int(x) for x in spatial_shape))
+    weights = weights.flatten(2)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+    return torch.bmm(weights.to(tokens.dtype), tokens)
+
+
 def decode_queries(detector: Sam3Model, prompted: PromptedImages, query_embeds: torch.Tensor,
-                   reference_boxes: torch.Tensor, presence: bool = True) -> DetectorOutput:
+                   reference_boxes: torch.Tensor, presence: bool = True,
+                   score_from_masks: bool = False) -> DetectorOutput:
     """SAM3's decoder, heads and mask decoder for one set of queries on already encoded (image, prompt) pairs
-    (presence=False: without SAM3's presence token, as the published InstructSAM decodes)."""
+    (presence=False: without SAM3's presence token, as the published InstructSAM decodes). score_from_masks: the
+    last layer's slots are scored on their state plus the encoder's tokens under their own mask (see
+    InstructSAMConfig.score_from_masks)."""
     fpn, enc = prompted.fpn, prompted.encoded
     prompt_features, text_mask = prompted.prompt_features, prompted.text_mask
     hidden, ref_boxes, presence = _decode(
@@ -164,6 +176,11 @@ def decode_queries(detector: Sam3Model, prompted: PromptedImages, query_embeds: 
     masks = detector.mask_decoder(
         decoder_queries=hidden[-1], backbone_features=list(fpn), encoder_hidden_states=enc.last_hidden_state,
         prompt_features=prompt_features, prompt_mask=text_mask)
+    if score_from_masks:
+        pooled = mask_pooled_tokens(enc.last_hidden_state, enc.spatial_shapes[0], masks.pred_masks)
+        last = detector.dot_product_scoring(decoder_hidden_states=(hidden[-1] + pooled)[None],
+                                            text_features=enc.text_features, text_mask=text_mask).squeeze(-1)
+        all_logits = torch.cat([all_logits[:-1], last])
     return DetectorOutput(
         pred_masks=masks.pred_masks, pred_boxes=all_boxes[-1], pred_logits=all_logits[-1],
         presence_logits=None if presence is None else presence[-1], all_pred_boxes=all_boxes,

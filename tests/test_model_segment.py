@@ -220,3 +220,35 @@ def test_prompt_source_gives_sam3_the_words_in_context_alone_or_both(model):
     torch.testing.assert_close(both_states[:, lp:], states["embeddings"][1])
     with pytest.raises(ValueError, match="prompt_source"):
         type(model.config)(**{**model.config.to_dict(), "prompt_source": "words"})
+
+
+def test_mask_pooled_tokens_average_the_tokens_under_each_mask():
+    from instructsam.sam3_queries import mask_pooled_tokens
+
+    tokens = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)  # a 2x2 token grid per image
+    logits = torch.full((2, 2, 8, 8), -30.0)
+    logits[0, 0, :4, :4] = 30.0  # image 0, slot 0: the top-left token's cell only
+    logits[1, 1, :, 4:] = 30.0  # image 1, slot 1: the right column (tokens 1 and 3)
+    pooled = mask_pooled_tokens(tokens, torch.tensor([2, 2]), logits.requires_grad_())
+    torch.testing.assert_close(pooled[0, 0], tokens[0, 0])
+    torch.testing.assert_close(pooled[1, 1], (tokens[1, 1] + tokens[1, 3]) / 2)
+    torch.testing.assert_close(pooled[0, 1], torch.zeros(3))  # an empty mask adds nothing to the slot's state
+    assert not pooled.requires_grad  # the score never bends the masks
+
+
+def test_score_from_masks_changes_only_the_last_layers_scores(model):
+    image = random_images(1)[0]
+    outputs = {}
+    try:
+        for pool in (False, True):
+            model.config.score_from_masks = pool
+            with torch.no_grad():
+                outputs[pool] = model.segment(model.encode_image(image), INSTRUCTIONS)
+    finally:
+        model.config.score_from_masks = False
+    plain, pooled = outputs[False], outputs[True]
+    for name in ("mask_logits", "boxes", "presence_logits"):
+        torch.testing.assert_close(getattr(pooled, name), getattr(plain, name))
+    torch.testing.assert_close(pooled.aux_logits[:-1], plain.aux_logits[:-1])
+    torch.testing.assert_close(pooled.aux_logits[-1], pooled.logits)
+    assert not torch.allclose(pooled.logits, plain.logits, atol=1e-3)
