@@ -393,6 +393,28 @@ def test_a_freeze_prefix_that_matches_no_parameter_is_refused(test_model, tmp_pa
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_reinit_modules_resets_only_the_named_modules_after_loading(test_model, tmp_path):
+    from instructsam_tools.training.trainer import DistInfo, build_model
+
+    loaded = InstructSAMModel.from_pretrained(str(test_model)).state_dict()
+    cfg = run_config(test_model, tmp_path / "run", "model.reinit_modules=[projector.prompt_mlp,projector.prompt_norm]")
+    model = build_model(cfg, DistInfo())
+    for name, value in model.state_dict().items():
+        if name.startswith(("projector.prompt_mlp.", "projector.prompt_norm.")):
+            if name.startswith("projector.prompt_norm."):
+                expected = torch.ones_like(value) if name.endswith("weight") else torch.zeros_like(value)
+                assert torch.equal(value, expected), name
+            elif name.endswith("bias"):
+                assert not value.any(), name
+            else:  # Xavier-uniform: within its bound, and not the loaded weights
+                bound = (6 / sum(value.shape)) ** 0.5
+                assert value.abs().max() <= bound and not torch.equal(value, loaded[name]), name
+        else:
+            assert torch.equal(value, loaded[name]), name
+    with pytest.raises(ValueError, match="reinit_modules: no module"):
+        build_model(run_config(test_model, tmp_path / "run", "model.reinit_modules=[projector.words]"), DistInfo())
+
+
 @pytest.mark.parametrize("loss_options", [(), ("loss.detect_all=true", "loss.denoise=0.4")],
                          ids=["targets", "detect_all+denoise"])
 def test_loss_falls_and_resume_is_exact(test_model, tmp_path, loss_options):

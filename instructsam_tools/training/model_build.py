@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch import nn
 
 from instructsam.modeling import InstructSAMModel, require_parameter_prefixes
 from instructsam_tools.training.step_checkpoints import load_trainable
@@ -72,6 +73,22 @@ def seed_everything(seed: int) -> None:
 # model, optimizer, schedule
 
 
+def reinit_modules_(model: nn.Module, names: list[str]) -> None:
+    """Re-initialise the named modules in place: Linear weights Xavier-uniform with zero biases, norms reset."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ValueError(f"model.reinit_modules: no module {unknown} in this model (e.g. projector.prompt_mlp)")
+    for name in names:
+        for sub in modules[name].modules():
+            if isinstance(sub, nn.Linear):
+                nn.init.xavier_uniform_(sub.weight)
+                if sub.bias is not None:
+                    nn.init.zeros_(sub.bias)
+            elif isinstance(sub, (nn.LayerNorm, nn.GroupNorm)):
+                sub.reset_parameters()
+
+
 def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
     """Load config.model.checkpoint, or build the fresh tiny model once (rank 0) into OUTPUT/init and load it.
 
@@ -96,6 +113,7 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
     model.config.validate_architecture()
     if m.tracker_attention_init == "positional":  # (validated with the config) a resumed run loads its weights over it
         positional_memory_attention_(model.tracker)
+    reinit_modules_(model, m.reinit_modules)
     model.apply_freezing()
     require_parameter_prefixes(model, m.freeze_modules, "model.freeze_modules")
     for name, p in model.named_parameters():

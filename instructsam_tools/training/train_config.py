@@ -24,6 +24,10 @@ class ModelSection:
     he_init: list = field(default_factory=list)  # SAM3 modules He-initialised in the fresh tiny model (tiny.py)
     overrides: dict = field(default_factory=dict)  # InstructSAMConfig fields set after loading (freezing, attention)
     freeze_modules: list = field(default_factory=list)  # parameter-name prefixes frozen on top of the config's freezing
+    # modules (names as in named_modules, e.g. projector.prompt_mlp) re-initialised after loading: Linear layers
+    # Xavier-uniform with zero biases, norms reset; for a part that learned to ignore its input (a resumed run
+    # loads its own weights over it)
+    reinit_modules: list = field(default_factory=list)
     # "positional": re-initialise SAM3's tracker memory attention to look at the same place in memory first, for
     # training a tracker from scratch (tracking.positional_memory_attention_); None keeps the loaded weights
     tracker_attention_init: str | None = None
