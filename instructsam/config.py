@@ -28,10 +28,11 @@ class InstructSAMConfig(PreTrainedConfig):
     sam3_config: SAM3 video config (`model_type="sam3_video"`: detector + tracker), as in facebook/sam3.
     num_queries: K, the number of instance-query tokens appended after image and instruction.
     attention_mode: "hybrid" (queries see the prefix and every query) or "causal" (ablation).
-    prompt_source: one-pass mode's SAM3 prompt features come from the instruction tokens' "hidden" states (the
-        VLM's last layer, in context) or their "embeddings" (the input embedding table, RMS-normalised: the words
-        alone, as the published model prompts SAM3 with its phrase's embeddings), or "both" (the two sequences
-        joined, each token once in context and once alone). No parameters change: a loaded model may switch.
+    prompt_source: where one-pass mode's SAM3 prompt features (and DIT's with dit_text_source "vlm") come from:
+        the instruction tokens' "hidden" states (the VLM's last layer, in context), their "embeddings" (the input
+        embedding table, RMS-normalised: the words alone, as the published model prompts SAM3 with its phrase's
+        embeddings), or "both" (the two sequences joined, each token once in context and once alone). No
+        parameters change: a loaded model may switch.
     score_from_masks: one-pass mode's last decoder layer scores each slot on its state plus SAM3's prompt-fused
         image tokens averaged under the slot's own mask. A slot's state says where its object is and hardly what
         it is (in the tiny model a linear probe reads an object's colour from its matched slot's state at chance,
