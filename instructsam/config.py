@@ -36,7 +36,7 @@ class InstructSAMConfig(PreTrainedConfig):
     score_from_masks: one-pass mode's last decoder layer scores each slot on its state plus SAM3's prompt-fused
         image tokens averaged under the slot's own mask. A slot's state says where its object is and hardly what
         it is (in the tiny model a linear probe reads an object's colour from its matched slot's state at chance,
-        from the image tokens under it 63 % of the time), so without it the score, which selects the
+        from each of the prompt-fused image tokens on it 63 % of the time), so without it the score, which selects the
         instruction's targets, cannot see their colour. No parameters: a loaded model may switch (and then needs
         fine-tuning).
     lora_r / lora_alpha / lora_dropout / lora_target_modules: LoRA on the VLM language model; lora_r=0 disables it.
@@ -160,6 +160,13 @@ class InstructSAMConfig(PreTrainedConfig):
             raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}, got {self.attention_mode!r}")
         if self.inference_mode not in INFERENCE_MODES:
             raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {self.inference_mode!r}")
+        vlm_prompt = self.inference_mode == "one_pass" or (self.inference_mode == "dit" and self.dit_text_source == "vlm")
+        if self.prompt_source != "hidden" and not vlm_prompt:
+            raise ValueError(f"prompt_source {self.prompt_source!r} chooses the VLM's prompt for SAM3, which "
+                             f"inference_mode {self.inference_mode!r} does not use (one_pass, or dit with "
+                             f"dit_text_source 'vlm')")
+        if self.score_from_masks and self.inference_mode != "one_pass":
+            raise ValueError(f"score_from_masks is a one_pass option; inference_mode is {self.inference_mode!r}")
         if self.reference_positions not in REFERENCE_POSITIONS:
             raise ValueError(f"reference_positions must be one of {REFERENCE_POSITIONS}, got "
                              f"{self.reference_positions!r}")

@@ -149,11 +149,12 @@ def detect_with_queries(detector: Sam3Model, vision: Sam3VisionEncoderOutput, pr
 
 
 def mask_pooled_tokens(tokens: torch.Tensor, spatial_shape, mask_logits: torch.Tensor) -> torch.Tensor:
-    """(B, HW, d) image tokens averaged under each of (B, K, h, w) masks' probabilities -> (B, K, d). The weights
-    are detached: scoring must not bend the masks."""
+    """(B, HW, d) image tokens averaged under each of (B, K, h, w) masks' probabilities -> (B, K, d): the mean under
+    a mask of at least one token cell, less for a smaller one, nothing for an empty one. The weights are detached:
+    scoring must not bend the masks. spatial_shape: the token grid's (h, w), ints or a tensor."""
     weights = F.adaptive_avg_pool2d(mask_logits.detach().float().sigmoid(), tuple(int(x) for x in spatial_shape))
     weights = weights.flatten(2)
-    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
     return torch.bmm(weights.to(tokens.dtype), tokens)
 
 
@@ -177,7 +178,7 @@ def decode_queries(detector: Sam3Model, prompted: PromptedImages, query_embeds: 
         decoder_queries=hidden[-1], backbone_features=list(fpn), encoder_hidden_states=enc.last_hidden_state,
         prompt_features=prompt_features, prompt_mask=text_mask)
     if score_from_masks:
-        pooled = mask_pooled_tokens(enc.last_hidden_state, enc.spatial_shapes[0], masks.pred_masks)
+        pooled = mask_pooled_tokens(enc.last_hidden_state, fpn[-1].shape[-2:], masks.pred_masks)
         last = detector.dot_product_scoring(decoder_hidden_states=(hidden[-1] + pooled)[None],
                                             text_features=enc.text_features, text_mask=text_mask).squeeze(-1)
         all_logits = torch.cat([all_logits[:-1], last])

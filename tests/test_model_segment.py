@@ -220,19 +220,26 @@ def test_prompt_source_gives_sam3_the_words_in_context_alone_or_both(model):
     torch.testing.assert_close(both_states[:, lp:], states["embeddings"][1])
     with pytest.raises(ValueError, match="prompt_source"):
         type(model.config)(**{**model.config.to_dict(), "prompt_source": "words"})
+    with pytest.raises(ValueError, match="prompt_source 'embeddings' chooses the VLM's prompt"):
+        type(model.config)(**{**model.config.to_dict(), "prompt_source": "embeddings", "inference_mode": "dit",
+                              "dit_text_source": "sam3"})
+    with pytest.raises(ValueError, match="score_from_masks is a one_pass option"):
+        type(model.config)(**{**model.config.to_dict(), "score_from_masks": True, "inference_mode": "dit"})
 
 
 def test_mask_pooled_tokens_average_the_tokens_under_each_mask():
     from instructsam.sam3_queries import mask_pooled_tokens
 
     tokens = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)  # a 2x2 token grid per image
-    logits = torch.full((2, 2, 8, 8), -30.0)
+    logits = torch.full((2, 3, 8, 8), -10.0)  # what an empty slot's mask looks like
     logits[0, 0, :4, :4] = 30.0  # image 0, slot 0: the top-left token's cell only
     logits[1, 1, :, 4:] = 30.0  # image 1, slot 1: the right column (tokens 1 and 3)
-    pooled = mask_pooled_tokens(tokens, torch.tensor([2, 2]), logits.requires_grad_())
-    torch.testing.assert_close(pooled[0, 0], tokens[0, 0])
-    torch.testing.assert_close(pooled[1, 1], (tokens[1, 1] + tokens[1, 3]) / 2)
-    torch.testing.assert_close(pooled[0, 1], torch.zeros(3))  # an empty mask adds nothing to the slot's state
+    logits[0, 2, :2, :2] = 30.0  # a quarter of one cell: a quarter of that token
+    pooled = mask_pooled_tokens(tokens, (2, 2), logits.requires_grad_())
+    torch.testing.assert_close(pooled[0, 0], tokens[0, 0], atol=5e-3, rtol=0)
+    torch.testing.assert_close(pooled[1, 1], (tokens[1, 1] + tokens[1, 3]) / 2, atol=5e-3, rtol=0)
+    torch.testing.assert_close(pooled[0, 2], tokens[0, 0] / 4, atol=5e-3, rtol=0)
+    torch.testing.assert_close(pooled[0, 1], torch.zeros(3), atol=5e-3, rtol=0)  # an empty mask adds nothing
     assert not pooled.requires_grad  # the score never bends the masks
 
 

@@ -413,6 +413,11 @@ def test_reinit_modules_resets_only_the_named_modules_after_loading(test_model, 
             assert torch.equal(value, loaded[name]), name
     with pytest.raises(ValueError, match="reinit_modules: no module"):
         build_model(run_config(test_model, tmp_path / "run", "model.reinit_modules=[projector.words]"), DistInfo())
+    with pytest.raises(ValueError, match="are \\(partly\\) frozen"):
+        build_model(run_config(test_model, tmp_path / "run", "model.reinit_modules=[projector.prompt_mlp]",
+                               "model.freeze_modules=[projector]"), DistInfo())
+    with pytest.raises(ValueError, match="prompt_source must be one of"):  # overrides are checked like a config
+        build_model(run_config(test_model, tmp_path / "run", "model.overrides.prompt_source=embedding"), DistInfo())
 
 
 @pytest.mark.parametrize("loss_options", [(), ("loss.detect_all=true", "loss.denoise=0.4")],

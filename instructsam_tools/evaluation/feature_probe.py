@@ -10,8 +10,8 @@ Each synthetic scene is asked one neutral instruction ("all the objects"). Featu
     vlm_image      the VLM's image tokens where they enter its language model.
 A token belongs to the object covering more than half of its cell. A linear classifier (softmax regression on
 standardised features) is fitted on the first 3/4 of the scenes and scored on the rest, beside the majority
-class. The instance score reads the slot's state (SAM3's dot-product scoring), so an attribute the slot states do not
-carry cannot select the instruction's targets, whatever the prompt says.
+class. SAM3's dot-product scoring reads the slot's state, so an attribute the slot states do not carry cannot select
+the instruction's targets, whatever the prompt says (unless score_from_masks adds the tokens under the slot's mask).
 """
 from __future__ import annotations
 
@@ -57,8 +57,10 @@ def collect(model, dataset: SyntheticInst2Seg, num_scenes: int) -> dict[str, lis
         model.detector.detr_encoder.register_forward_hook(
             lambda m, a, kw, out: captured.update(detr_input=kw["vision_features"][0], detr_output=out.last_hidden_state),
             with_kwargs=True),
+        # the first scoring call of a pass has the decoder's own states (score_from_masks scores them again, pooled)
         model.detector.dot_product_scoring.register_forward_hook(
-            lambda m, a, kw, out: captured.update(slot_states=kw["decoder_hidden_states"][-1]), with_kwargs=True)]
+            lambda m, a, kw, out: captured.setdefault("slot_states", kw["decoder_hidden_states"][-1]),
+            with_kwargs=True)]
     rows = {site: [] for site in SITES}
     try:
         with torch.no_grad():
@@ -68,6 +70,7 @@ def collect(model, dataset: SyntheticInst2Seg, num_scenes: int) -> dict[str, lis
                 if not objects:
                     continue
                 features = model.encode_image([scene.image], tracker=False)
+                captured.clear()
                 output = model.segment(features, [INSTRUCTION], task=TASK)
                 tokens = {"sam3_vit": features.sam3.last_hidden_state[0].flatten(0, -2),
                           "detr_input": captured["detr_input"][0].flatten(1).T,
@@ -88,7 +91,8 @@ def collect(model, dataset: SyntheticInst2Seg, num_scenes: int) -> dict[str, lis
 
 
 def linear_probe(x: np.ndarray, labels: list[str], train: np.ndarray, steps: int = 300) -> tuple[float, float]:
-    """(held-out accuracy of a softmax regression fitted on `train` rows, majority-class accuracy there)."""
+    """(held-out accuracy of a softmax regression fitted on `train` rows, held-out accuracy of always answering the
+    training rows' most frequent class)."""
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
     mean, std = x[train].mean(0), x[train].std(0) + 1e-6
@@ -106,8 +110,8 @@ def linear_probe(x: np.ndarray, labels: list[str], train: np.ndarray, steps: int
         opt.step()
     with torch.no_grad():
         accuracy = (w(xs[te]).argmax(1) == y[te]).float().mean().item()
-    counts = np.bincount(y[te].numpy(), minlength=len(classes))
-    return accuracy, float(counts.max() / max(counts.sum(), 1))
+    majority = int(np.bincount(y[tr].numpy(), minlength=len(classes)).argmax())
+    return accuracy, float((y[te] == majority).float().mean())
 
 
 def feature_probe(model, dataset: SyntheticInst2Seg, num_scenes: int) -> dict:

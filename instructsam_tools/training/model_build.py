@@ -80,13 +80,19 @@ def reinit_modules_(model: nn.Module, names: list[str]) -> None:
     if unknown:
         raise ValueError(f"model.reinit_modules: no module {unknown} in this model (e.g. projector.prompt_mlp)")
     for name in names:
+        reset = False
         for sub in modules[name].modules():
             if isinstance(sub, nn.Linear):
                 nn.init.xavier_uniform_(sub.weight)
                 if sub.bias is not None:
                     nn.init.zeros_(sub.bias)
+                reset = True
             elif isinstance(sub, (nn.LayerNorm, nn.GroupNorm)):
                 sub.reset_parameters()
+                reset = True
+        if not reset:
+            raise ValueError(f"model.reinit_modules: {name} has no Linear or LayerNorm / GroupNorm layer to "
+                             f"re-initialise")
 
 
 def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
@@ -110,6 +116,7 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
         if not hasattr(model.config, key):
             raise ValueError(f"model.overrides: InstructSAMConfig has no field {key!r}")
         setattr(model.config, key, value)
+    model.config.check_settings()
     model.config.validate_architecture()
     if m.tracker_attention_init == "positional":  # (validated with the config) a resumed run loads its weights over it
         positional_memory_attention_(model.tracker)
@@ -121,6 +128,9 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> InstructSAMModel:
             p.requires_grad_(False)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no trainable parameters: check model.overrides / model.freeze_modules")
+    frozen = [n for n in m.reinit_modules if not all(p.requires_grad for p in model.get_submodule(n).parameters())]
+    if frozen:  # a step checkpoint keeps trainable weights only: a frozen re-initialised one could not be restored
+        raise ValueError(f"model.reinit_modules {frozen} are (partly) frozen; re-initialised modules must train")
     return model.to(info.device)
 
 
