@@ -512,7 +512,7 @@ class InstructSAMModel(InstructSAMPreTrainedModel):
         sam_dtype = self.detector.dtype
         # the DETR encoder runs once; the slots (and the denoising queries, apart from them) are decoded against it
         prompted = encode_prompted(self.detector, vision, prompt.to(sam_dtype), prompt_mask)
-        pool = self.config.score_from_masks and self.config.inference_mode == "one_pass"
+        pool = self.config.score_from_masks  # a one_pass option (the config refuses it in other modes)
         det = decode_queries(self.detector, prompted, queries.to(sam_dtype), reference_boxes.to(sam_dtype),
                              score_from_masks=pool)
         presence_logits = det.presence_logits[:, 0]

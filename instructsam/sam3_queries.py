@@ -172,16 +172,15 @@ def decode_queries(detector: Sam3Model, prompted: PromptedImages, query_embeds: 
         enc.spatial_shapes, query_embeds, reference_boxes, presence)
     offsets = detector.detr_decoder.box_head(hidden)
     all_boxes = box_cxcywh_to_xyxy((inverse_sigmoid(ref_boxes) + offsets).sigmoid())
-    all_logits = detector.dot_product_scoring(
-        decoder_hidden_states=hidden, text_features=enc.text_features, text_mask=text_mask).squeeze(-1)
     masks = detector.mask_decoder(
         decoder_queries=hidden[-1], backbone_features=list(fpn), encoder_hidden_states=enc.last_hidden_state,
         prompt_features=prompt_features, prompt_mask=text_mask)
+    scored = hidden  # (L, B, K, d): each layer's slots are scored on their own (the scoring is per layer)
     if score_from_masks:
         pooled = mask_pooled_tokens(enc.last_hidden_state, fpn[-1].shape[-2:], masks.pred_masks)
-        last = detector.dot_product_scoring(decoder_hidden_states=(hidden[-1] + pooled)[None],
-                                            text_features=enc.text_features, text_mask=text_mask).squeeze(-1)
-        all_logits = torch.cat([all_logits[:-1], last])
+        scored = torch.cat([hidden[:-1], (hidden[-1] + pooled)[None]])
+    all_logits = detector.dot_product_scoring(
+        decoder_hidden_states=scored, text_features=enc.text_features, text_mask=text_mask).squeeze(-1)
     return DetectorOutput(
         pred_masks=masks.pred_masks, pred_boxes=all_boxes[-1], pred_logits=all_logits[-1],
         presence_logits=None if presence is None else presence[-1], all_pred_boxes=all_boxes,

@@ -16,8 +16,6 @@ the instruction's targets, whatever the prompt says (unless score_from_masks add
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,25 +23,29 @@ import torch.nn.functional as F
 
 from instructsam_tools.data.synthetic import SyntheticInst2Seg
 from instructsam_tools.evaluation.probe import ATTRIBUTES, TASK
+from instructsam_tools.evaluation.report import write_json
 
 SITES = ("sam3_vit", "detr_input", "detr_output", "slot_states", "vlm_image")
 INSTRUCTION = "all the objects"
 MATCH_IOU = 0.5
 
 
-def _cell_owner(objects, grid: int) -> np.ndarray:
-    """(grid*grid,) index of the object covering more than half of each token's cell, -1 for none."""
-    cover = np.stack([F.adaptive_avg_pool2d(torch.tensor(o.visible_mask, dtype=torch.float)[None, None], grid)
-                      .flatten().numpy() for o in objects])
+def _object_cover(objects, side: int) -> np.ndarray:
+    """(objects, side*side) fraction of each cell of a side x side grid that each object covers."""
+    return np.stack([F.adaptive_avg_pool2d(torch.tensor(o.visible_mask, dtype=torch.float)[None, None], side)
+                     .flatten().numpy() for o in objects])
+
+
+def _cell_owner(cover: np.ndarray) -> np.ndarray:
+    """(cells,) index of the object covering more than half of each token's cell, -1 for none."""
     return np.where(cover.max(0) > 0.5, cover.argmax(0), -1)
 
 
-def _slot_owner(mask_logits: torch.Tensor, objects) -> np.ndarray:
-    """(K,) index of the object each slot's mask matches (IoU > MATCH_IOU), -1 for none."""
-    side = mask_logits.shape[-1]
+def _slot_owner(mask_logits: torch.Tensor, cover: np.ndarray) -> np.ndarray:
+    """(K,) index of the object each slot's mask matches (IoU > MATCH_IOU), -1 for none; `cover` on the masks'
+    own grid."""
     slots = (mask_logits > 0).flatten(1)
-    objs = torch.stack([F.adaptive_avg_pool2d(torch.tensor(o.visible_mask, dtype=torch.float)[None, None], side)
-                        .flatten() > 0.5 for o in objects])
+    objs = torch.from_numpy(cover > 0.5)
     inter = (slots[:, None] & objs[None]).sum(-1).float()
     union = (slots[:, None] | objs[None]).sum(-1).float().clamp(min=1)
     best, arg = (inter / union).max(1)
@@ -57,10 +59,9 @@ def collect(model, dataset: SyntheticInst2Seg, num_scenes: int) -> dict[str, lis
         model.detector.detr_encoder.register_forward_hook(
             lambda m, a, kw, out: captured.update(detr_input=kw["vision_features"][0], detr_output=out.last_hidden_state),
             with_kwargs=True),
-        # the first scoring call of a pass has the decoder's own states (score_from_masks scores them again, pooled)
-        model.detector.dot_product_scoring.register_forward_hook(
-            lambda m, a, kw, out: captured.setdefault("slot_states", kw["decoder_hidden_states"][-1]),
-            with_kwargs=True)]
+        # the last decoder layer's own slot states, as the mask decoder reads them (scoring may add pooled tokens)
+        model.detector.mask_decoder.register_forward_hook(
+            lambda m, a, kw, out: captured.update(slot_states=kw["decoder_queries"]), with_kwargs=True)]
     rows = {site: [] for site in SITES}
     try:
         with torch.no_grad():
@@ -70,17 +71,20 @@ def collect(model, dataset: SyntheticInst2Seg, num_scenes: int) -> dict[str, lis
                 if not objects:
                     continue
                 features = model.encode_image([scene.image], tracker=False)
-                captured.clear()
                 output = model.segment(features, [INSTRUCTION], task=TASK)
                 tokens = {"sam3_vit": features.sam3.last_hidden_state[0].flatten(0, -2),
                           "detr_input": captured["detr_input"][0].flatten(1).T,
                           "detr_output": captured["detr_output"][0],
                           "vlm_image": features.vlm_image_embeds[0]}
+                covers = {}  # per grid side: the sites mostly share one
                 for site, x in tokens.items():
-                    owner = _cell_owner(objects, int(round(len(x) ** 0.5)))
+                    side = int(round(len(x) ** 0.5))
+                    cover = covers.setdefault(side, _object_cover(objects, side))
+                    owner = _cell_owner(cover)
                     keep = owner >= 0
                     rows[site].append((x[keep].float().cpu().numpy(), [objects[j] for j in owner[keep]], index))
-                owner = _slot_owner(output.mask_logits[0].cpu(), objects)
+                masks = output.mask_logits[0].cpu()
+                owner = _slot_owner(masks, _object_cover(objects, masks.shape[-1]))
                 keep = owner >= 0
                 rows["slot_states"].append((captured["slot_states"][0][keep].float().cpu().numpy(),
                                             [objects[j] for j in owner[keep]], index))
@@ -166,9 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = feature_probe(model, dataset, args.scenes)
     print(format_feature_probe(result))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"run": {"checkpoint": str(args.checkpoint), "scenes": args.scenes,
-                                                      "split": args.split}, **result}, indent=2) + "\n")
+        write_json({"run": {"checkpoint": str(args.checkpoint), "scenes": args.scenes, "split": args.split}, **result},
+                   args.out)
     return result
 
 
