@@ -59,7 +59,11 @@ def to_dit(src: str | Path, out: str | Path, variant: str, text_source: str = "s
             raise CheckpointError(f"SAM3 tokenizer has {len(tokenizer)} tokens, more than the text encoder's {vocab}")
         model.sam3_tokenizer = tokenizer
     cfg.inference_mode, cfg.dit_variant, cfg.dit_text_source = "dit", variant, text_source
+    # DIT as defined: SAM3's decoder scores, and the words are SAM3's text encoder's or the VLM's states in
+    # context; a one-pass model's score_from_masks / embedding prompt would leave the DIT rows on another design
+    cfg.score_from_masks, cfg.prompt_source = False, "hidden"
     cfg.dit_freeze_encoder, cfg.model_version = frozen_encoder, ""
+    cfg.check_settings()
     vit = model.detector.vision_encoder.backbone.config
     torch.manual_seed(seed)
     model.dit = DITEncoder(variant, cfg.sam3_hidden_size, vit.hidden_size, vit.num_hidden_layers, frozen_encoder)

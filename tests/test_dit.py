@@ -206,6 +206,17 @@ def test_the_dit_model_segments_saves_and_loads(tmp_path):
         model.segment(tracked, INSTRUCTIONS[:1])
 
 
+def test_to_dit_starts_from_dits_own_scoring_and_prompt_whatever_the_one_pass_options():
+    """The shipped one-pass model scores from masks and prompts SAM3 with word embeddings; its DIT conversions
+    score with SAM3's decoder and take the words' states in context (SAM3's text encoder's or the VLM's)."""
+    from instructsam.config import InstructSAMConfig
+
+    source = InstructSAMConfig.from_pretrained(SHIPPED)
+    assert source.score_from_masks and source.prompt_source == "embeddings"  # what the conversion has to undo
+    for config in (load_dit("layer_wise").config, load_dit("layer_wise", text_source="vlm").config):
+        assert not config.score_from_masks and config.prompt_source == "hidden"
+
+
 def test_a_dit_model_built_from_its_config_starts_at_the_identities():
     """Built without to_dit (e.g. a fresh tiny build in DIT mode): adapters and L-DIT's prompt projection start as
     the identity all the same."""
