@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # DIT against InstructSAM at one budget on the synthetic data (docs/dit.md). Every run starts from the shipped
 # tiny model (docs/dit.md's figures: from instructsam-tiny 0.5): its SAM3 detector was trained inside InstructSAM;
-# SAM3's text encoder, which the DIT rows prompt with, was never trained there. Each run then gets STEPS optimizer steps of the same recipe
-# (the shipped stage 2's losses, warmup 50, cosine decay, the same data order):
+# SAM3's text encoder, which the DIT rows prompt with, was never trained there. Each run then gets STEPS
+# optimizer steps of the same recipe (the shipped stage 2's losses, warmup 50, cosine decay, the same data order):
 #   sam3_text       SAM3's default text prompting (no insertion)      e_dit / l_dit      E-DIT / L-DIT
 #   *_frozen        the same with SAM3's ViT frozen (DIT's * rows)      instructsam        the one-pass model
 # Each is evaluated on synthetic:test:800 at one score threshold: the single-target samples with DIT's metrics,
